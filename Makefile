@@ -1,0 +1,81 @@
+# rlhf_fast — `make help` lists the targets.
+# Every target that runs Python first creates or refreshes .venv and builds the
+# Rust extension in release mode; both steps are skipped when nothing changed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := train,dev,classic
+RUST_SRC := $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null) Cargo.toml
+DEPS_STAMP := $(VENV)/.stamp-deps
+NATIVE_STAMP := $(VENV)/.stamp-native
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "maturin>=1.7,<2"
+
+# Dependencies are (re)installed when pyproject.toml changes.
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "maturin>=1.7,<2"
+	$(PY) -m pip install --quiet $$($(PY) scripts/project_requirements.py $(EXTRAS))
+	touch $@
+
+# The extension is rebuilt (release, LTO) when any Rust source changes.
+$(NATIVE_STAMP): $(DEPS_STAMP) $(RUST_SRC)
+	source $(VENV)/bin/activate && maturin develop --release --quiet --skip-install 2>&1 | grep -v '^📦\|^🔗\|^🐍\|^💻\|^📡' || true
+	$(PY) -c "import rlhf_fast._native"
+	touch $@
+
+.PHONY: venv
+venv: $(DEPS_STAMP) ## Create or refresh .venv with every dependency.
+
+.PHONY: build
+build: $(NATIVE_STAMP) ## Build the Rust extension (release) into .venv.
+
+.PHONY: test
+test: build ## Run the Rust kernel tests and the Python test suite.
+	cargo test --quiet -p rlhf_fast_kernels
+	$(PY) -m pytest -q
+
+.PHONY: test-all
+test-all: build ## Run every test, slow ones included.
+	cargo test --quiet -p rlhf_fast_kernels
+	$(PY) -m pytest -q -m "not benchmark"
+
+.PHONY: demo
+demo: build ## Run the whole pipeline (SFT -> reward model -> PPO) offline on the built-in task.
+	$(VENV)/bin/rlhf-fast demo --output-dir runs/demo
+
+.PHONY: bench
+bench: build ## Run the benchmarks that need no GPU and write benches/results/.
+	$(PY) benches/run_all.py
+
+.PHONY: classic
+classic: build ## Run the classic-RL examples and write examples/classic/results/.
+	$(PY) examples/classic/run_all.py
+
+.PHONY: wheel
+wheel: $(DEPS_STAMP) ## Build the abi3 release wheel into target/wheels/.
+	source $(VENV)/bin/activate && maturin build --release --quiet --out target/wheels
+
+.PHONY: wheel-check
+wheel-check: wheel ## Install the wheel into a fresh venv and import it.
+	bash scripts/check_wheel.sh
+
+.PHONY: lint
+lint: build ## clippy (pedantic), ruff and the native stub check.
+	cargo clippy --quiet --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches examples
+	$(PY) -m mypy.stubtest rlhf_fast._native
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps .venv).
+	cargo clean
+	rm -f $(NATIVE_STAMP)
