@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from rlhf_fast.data import (
     DataValidationError,
     PreferencePair,
@@ -23,8 +22,18 @@ PAIRS = [
     {"prompt": "Review the lamp.", "chosen": "Lovely lamp.", "rejected": "Awful lamp."},
 ]
 CANDIDATES = [
-    {"prompt": "Review the mug.", "candidate_0": "Bad mug.", "candidate_1": "Great mug!", "choice": 1},
-    {"prompt": "Review the lamp.", "candidate_0": "Lovely lamp.", "candidate_1": "Awful lamp.", "choice": 0},
+    {
+        "prompt": "Review the mug.",
+        "candidate_0": "Bad mug.",
+        "candidate_1": "Great mug!",
+        "choice": 1,
+    },
+    {
+        "prompt": "Review the lamp.",
+        "candidate_0": "Lovely lamp.",
+        "candidate_1": "Awful lamp.",
+        "choice": 0,
+    },
 ]
 EXPECTED = [
     PreferencePair("Review the mug.", "Great mug!", "Bad mug."),
@@ -88,7 +97,11 @@ BAD_RECORDS = [
     ({"prompt": "p", "candidate_0": "a", "candidate_1": "b"}, "choice", "missing"),
     ({"prompt": "p", "chosen": 3, "rejected": "b"}, "chosen", "expected a string, got 3 (int)"),
     ({"prompt": None, "chosen": "a", "rejected": "b"}, "prompt", "expected a string"),
-    ({"prompt": "p", "candidate_0": "a", "candidate_1": "b", "choice": 2}, "choice", "expected 0 or 1"),
+    (
+        {"prompt": "p", "candidate_0": "a", "candidate_1": "b", "choice": 2},
+        "choice",
+        "expected 0 or 1",
+    ),
     ({"prompt": "p", "candidate_0": "a", "candidate_1": "b", "choice": True}, "choice", "(bool)"),
     ({"prompt": "p", "candidate_0": "a", "candidate_1": "b", "choice": 1.0}, "choice", "(float)"),
     ({"prompt": "p", "candidate_0": "a", "candidate_1": "b", "choice": "1"}, "choice", "(str)"),
@@ -113,7 +126,9 @@ def test_jsonl_error_names_file_line_and_field(tmp_path, bad, field, reason):
     assert isinstance(info.value, InvalidArgumentError) and isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize(("bad", "field", "reason"), [b for b in BAD_RECORDS if isinstance(b[0], dict)])
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"), [b for b in BAD_RECORDS if isinstance(b[0], dict)]
+)
 def test_list_error_names_row_and_field(bad, field, reason):
     with pytest.raises(DataValidationError, match=rf"^<list>: row 1: field '{field}': .*") as info:
         load_preference_pairs([PAIRS[0], bad])
@@ -123,21 +138,31 @@ def test_list_error_names_row_and_field(bad, field, reason):
 def test_parquet_error_names_file_row_and_field(tmp_path):
     records = [dict(CANDIDATES[0]), dict(CANDIDATES[1]), dict(CANDIDATES[0], choice=5)]
     path = write_parquet(tmp_path / "pairs.parquet", records)
-    with pytest.raises(DataValidationError, match=r"pairs\.parquet: row 2: field 'choice': expected 0 or 1"):
+    with pytest.raises(
+        DataValidationError, match=r"pairs\.parquet: row 2: field 'choice': expected 0 or 1"
+    ):
         load_preference_pairs(path)
 
 
 def test_dataset_error_names_row_and_field():
     datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_list([PAIRS[0], dict(PAIRS[1], rejected="")])
-    with pytest.raises(DataValidationError, match=r"<Dataset>: row 1: field 'rejected': empty text"):
+    with pytest.raises(
+        DataValidationError, match=r"<Dataset>: row 1: field 'rejected': empty text"
+    ):
         load_preference_pairs(dataset)
 
 
 def test_skip_invalid_counts_and_logs(tmp_path, caplog):
     path = write_jsonl(
         tmp_path / "pairs.jsonl",
-        [PAIRS[0], {"prompt": "p", "chosen": ""}, "not json", PAIRS[1], dict(CANDIDATES[0], choice=-1)],
+        [
+            PAIRS[0],
+            {"prompt": "p", "chosen": ""},
+            "not json",
+            PAIRS[1],
+            dict(CANDIDATES[0], choice=-1),
+        ],
     )
     with caplog.at_level(logging.WARNING, logger="rlhf_fast.data"):
         pairs = load_preference_pairs(path, skip_invalid=True)
@@ -182,9 +207,17 @@ def test_load_prompts_field_and_plain_strings(tmp_path):
 def test_load_sft_examples_forms_and_errors(tmp_path):
     path = write_jsonl(
         tmp_path / "sft.jsonl",
-        [{"prompt": "Q:", "response": " A"}, {"text": "plain text"}, {"prompt": "", "response": "r"}],
+        [
+            {"prompt": "Q:", "response": " A"},
+            {"text": "plain text"},
+            {"prompt": "", "response": "r"},
+        ],
     )
-    assert load_sft_examples(path) == [SFTExample("Q:", " A"), SFTExample("", "plain text"), SFTExample("", "r")]
+    assert load_sft_examples(path) == [
+        SFTExample("Q:", " A"),
+        SFTExample("", "plain text"),
+        SFTExample("", "r"),
+    ]
     with pytest.raises(DataValidationError, match=r"row 0: field 'response': missing"):
         load_sft_examples([{"prompt": "Q:"}])
     with pytest.raises(DataValidationError, match=r"row 0: field 'response': missing .*or text"):

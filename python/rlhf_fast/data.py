@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, TypeVar, Union
 
 from rlhf_fast.errors import InvalidArgumentError
 
@@ -91,7 +91,7 @@ class DataValidationError(InvalidArgumentError):
     """
 
     def __init__(
-        self, source: str, unit: str, index: int, field: Optional[str], reason: str
+        self, source: str, unit: str, index: int, field: str | None, reason: str
     ) -> None:
         self.source = source
         self.unit = unit
@@ -142,8 +142,15 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield line_number, DataValidationError(
-                    str(path), "line", line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+                yield (
+                    line_number,
+                    DataValidationError(
+                        str(path),
+                        "line",
+                        line_number,
+                        None,
+                        f"invalid JSON: {exc.msg} (column {exc.colno})",
+                    ),
                 )
 
 
@@ -156,7 +163,11 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
         ) from None
     if not isinstance(records, list):
         raise DataValidationError(
-            str(path), "line", 1, None, f"expected a JSON array of objects, got {_describe_type(records)}"
+            str(path),
+            "line",
+            1,
+            None,
+            f"expected a JSON array of objects, got {_describe_type(records)}",
         )
     yield from enumerate(records)
 
@@ -218,10 +229,12 @@ class _RecordChecker:
     def __init__(self, source: str, unit: str, index: int, record: Any) -> None:
         self.source, self.unit, self.index = source, unit, index
         if not isinstance(record, Mapping):
-            raise self.error(None, f"expected an object with named fields, got {_describe_type(record)}")
+            raise self.error(
+                None, f"expected an object with named fields, got {_describe_type(record)}"
+            )
         self.record = record
 
-    def error(self, field_name: Optional[str], reason: str) -> DataValidationError:
+    def error(self, field_name: str | None, reason: str) -> DataValidationError:
         return DataValidationError(self.source, self.unit, self.index, field_name, reason)
 
     def has(self, name: str) -> bool:
@@ -232,7 +245,9 @@ class _RecordChecker:
             raise self.error(name, "missing")
         value = self.record[name]
         if not isinstance(value, str):
-            raise self.error(name, f"expected a string, got {_short_repr(value)} ({_describe_type(value)})")
+            raise self.error(
+                name, f"expected a string, got {_short_repr(value)} ({_describe_type(value)})"
+            )
         if not allow_empty and not value.strip():
             raise self.error(name, "empty text")
         return value
@@ -284,7 +299,11 @@ def _load(
     if not records:
         raise InvalidArgumentError(
             f"{description}: no valid {what} records"
-            + (f" ({report.n_skipped} skipped as invalid)" if report.n_skipped else " (empty source)")
+            + (
+                f" ({report.n_skipped} skipped as invalid)"
+                if report.n_skipped
+                else " (empty source)"
+            )
         )
     return LoadedRecords(records, report)
 
@@ -310,8 +329,10 @@ def load_preference_pairs(
 
     def parse(rec: _RecordChecker) -> PreferencePair:
         prompt = rec.text("prompt", allow_empty=allow_empty_prompt)
-        if rec.has("chosen") or rec.has("rejected") or not (
-            rec.has("candidate_0") or rec.has("candidate_1") or rec.has("choice")
+        if (
+            rec.has("chosen")
+            or rec.has("rejected")
+            or not (rec.has("candidate_0") or rec.has("candidate_1") or rec.has("choice"))
         ):
             if not rec.has("chosen") and not rec.has("rejected"):
                 raise rec.error(
@@ -343,7 +364,9 @@ def load_prompts(
     return _load(source, parse, skip_invalid=skip_invalid, what="prompt")
 
 
-def load_sft_examples(source: DataSource, *, skip_invalid: bool = False) -> LoadedRecords[SFTExample]:
+def load_sft_examples(
+    source: DataSource, *, skip_invalid: bool = False
+) -> LoadedRecords[SFTExample]:
     """Load SFT examples: ``{prompt, response}`` (prompt may be ``""``) or ``{text}``.
 
     A record with ``text`` and no ``response`` becomes ``SFTExample("", text)``.
