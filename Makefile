@@ -24,12 +24,13 @@ $(PY):
 # Dependencies are (re)installed when pyproject.toml changes.
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet "maturin>=1.7,<2"
-	$(PY) -m pip install --quiet $$($(PY) scripts/project_requirements.py $(EXTRAS))
+	$(PY) scripts/project_requirements.py $(EXTRAS) > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt
 	touch $@
 
 # The extension is rebuilt (release, LTO) when any Rust source changes.
 $(NATIVE_STAMP): $(DEPS_STAMP) $(RUST_SRC)
-	source $(VENV)/bin/activate && maturin develop --release --quiet --skip-install 2>&1 | grep -v '^📦\|^🔗\|^🐍\|^💻\|^📡' || true
+	source $(VENV)/bin/activate && maturin develop --release --quiet
 	$(PY) -c "import rlhf_fast._native"
 	touch $@
 

@@ -1,0 +1,251 @@
+//! Masked moments and whitening.
+//!
+//! Moments accumulate in `f64` over fixed blocks of [`BLOCK`] elements (two passes
+//! inside each block while it sits in cache: sum, then squared deviations), and
+//! blocks are merged in order with Chan's pairwise formula. The block boundaries
+//! do not depend on the thread count, so neither do the bits of the result.
+
+use crate::error::{KernelError, Result};
+use crate::float::Float;
+use crate::gae::check_len;
+use crate::parallel;
+
+/// Elements per moment block.
+pub const BLOCK: usize = 4096;
+
+/// Count, mean and sum of squared deviations from the mean (`m2`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    pub count: u64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    pub const EMPTY: Self = Self { count: 0, mean: f64::NAN, m2: f64::NAN };
+
+    /// Chan et al.'s pairwise merge of two sets of moments.
+    #[must_use]
+    pub fn merge(self, other: Self) -> Self {
+        if self.count == 0 {
+            return other;
+        }
+        if other.count == 0 {
+            return self;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        Self {
+            count: self.count + other.count,
+            mean: self.mean + delta * nb / n,
+            m2: self.m2 + other.m2 + delta * delta * na * nb / n,
+        }
+    }
+
+    /// `m2 / (count - 1)` when `unbiased`, else `m2 / count`.
+    pub fn variance(&self, unbiased: bool) -> f64 {
+        let denom = if unbiased { self.count.saturating_sub(1) } else { self.count };
+        self.m2 / denom as f64
+    }
+}
+
+#[inline]
+fn take<T: Float>(x: T, m: u8) -> f64 {
+    if m != 0 {
+        x.to_f64()
+    } else {
+        0.0
+    }
+}
+
+/// Moments of one block; four accumulators so the sums vectorise.
+fn block_moments<T: Float>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) {
+    let mut sums = [0.0f64; 4];
+    let mut counts = [0u64; 4];
+    let mut flags = 0u8;
+    match mask {
+        Some(mask) => {
+            let mut xc = x.chunks_exact(4);
+            let mut mc = mask.chunks_exact(4);
+            for (xs, ms) in xc.by_ref().zip(mc.by_ref()) {
+                for i in 0..4 {
+                    flags |= ms[i];
+                    sums[i] += take(xs[i], ms[i]);
+                    counts[i] += u64::from(ms[i] != 0);
+                }
+            }
+            for (&xv, &mv) in xc.remainder().iter().zip(mc.remainder()) {
+                flags |= mv;
+                sums[0] += take(xv, mv);
+                counts[0] += u64::from(mv != 0);
+            }
+        }
+        None => {
+            let mut xc = x.chunks_exact(4);
+            for xs in xc.by_ref() {
+                for i in 0..4 {
+                    sums[i] += xs[i].to_f64();
+                }
+            }
+            for &xv in xc.remainder() {
+                sums[0] += xv.to_f64();
+            }
+            counts[0] = x.len() as u64;
+        }
+    }
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return (Moments::EMPTY, flags);
+    }
+    let mean = (sums[0] + sums[1] + sums[2] + sums[3]) / count as f64;
+    let mut sq = [0.0f64; 4];
+    let dev = |v: T| {
+        let d = v.to_f64() - mean;
+        d * d
+    };
+    match mask {
+        Some(mask) => {
+            for (i, (&xv, &mv)) in x.iter().zip(mask).enumerate() {
+                sq[i % 4] += if mv != 0 { dev(xv) } else { 0.0 };
+            }
+        }
+        None => {
+            for (i, &xv) in x.iter().enumerate() {
+                sq[i % 4] += dev(xv);
+            }
+        }
+    }
+    (Moments { count, mean, m2: sq[0] + sq[1] + sq[2] + sq[3] }, flags)
+}
+
+/// Moments of the elements where `mask` is 1 (all elements when `mask` is None).
+/// Returns [`Moments::EMPTY`] when nothing is masked in; the caller decides
+/// whether that is an error.
+pub fn masked_moments<T: Float>(x: &[T], mask: Option<&[u8]>, check_finite: bool) -> Result<Moments> {
+    use rayon::prelude::*;
+    if let Some(m) = mask {
+        check_len("mask", m.len(), x.len(), "one per element of x")?;
+    }
+    let blocks = x.len().div_ceil(BLOCK);
+    let per_block = |b: usize| {
+        let range = b * BLOCK..((b + 1) * BLOCK).min(x.len());
+        block_moments(&x[range.clone()], mask.map(|m| &m[range]))
+    };
+    let parts: Vec<(Moments, u8)> = parallel::run(x.len(), |par| {
+        if par {
+            (0..blocks).into_par_iter().map(per_block).collect()
+        } else {
+            (0..blocks).map(per_block).collect()
+        }
+    });
+    let flags = parts.iter().fold(0u8, |f, p| f | p.1);
+    if flags > 1 {
+        let m = mask.expect("flags come from a mask");
+        let i = m.iter().position(|&v| v > 1).expect("a flag > 1 was seen");
+        return Err(KernelError::invalid(format!(
+            "mask must hold only 0 and 1, but its element {i} (flat index) is {}",
+            m[i]
+        )));
+    }
+    let total = parts.into_iter().fold(Moments::EMPTY, |acc, p| acc.merge(p.0));
+    if check_finite && total.count > 0 && !(total.mean.is_finite() && total.m2.is_finite()) {
+        let takes_part = |i: usize| mask.is_none_or(|m| m[i] != 0);
+        if let Some(i) = (0..x.len()).find(|&i| takes_part(i) && !x[i].is_finite()) {
+            return Err(KernelError::non_finite(format!(
+                "x holds {} at flat index {i} (inside the mask); pass finite inputs, or check_finite=False to skip this check",
+                x[i]
+            )));
+        }
+        return Err(KernelError::non_finite("the moments of x overflowed: its values are too large"));
+    }
+    Ok(total)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WhitenParams {
+    pub shift_mean: bool,
+    pub unbiased: bool,
+    pub eps: f64,
+    pub check_finite: bool,
+}
+
+/// `(x - mean) / sqrt(var + eps)` where masked (plus the mean back when
+/// `!shift_mean`), 0 elsewhere. Returns the moments it used.
+pub fn masked_whiten<T: Float>(
+    x: &[T],
+    mask: Option<&[u8]>,
+    params: &WhitenParams,
+    out: &mut [T],
+) -> Result<Moments> {
+    use rayon::prelude::*;
+    check_len("out", out.len(), x.len(), "one per element of x")?;
+    if params.eps.is_nan() || params.eps < 0.0 {
+        return Err(KernelError::invalid(format!("eps must be >= 0, got {}", params.eps)));
+    }
+    let moments = masked_moments(x, mask, params.check_finite)?;
+    if moments.count < 2 {
+        return Err(KernelError::invalid(format!(
+            "whitening needs at least 2 elements inside the mask, got {}",
+            moments.count
+        )));
+    }
+    let var = moments.variance(params.unbiased);
+    let scale = T::from_f64(1.0 / (var + params.eps).sqrt());
+    let mean = T::from_f64(moments.mean);
+    let shift_back = if params.shift_mean { T::ZERO } else { mean };
+    let apply = |(b, chunk): (usize, &mut [T])| {
+        let start = b * BLOCK;
+        let xs = &x[start..start + chunk.len()];
+        match mask {
+            Some(m) => {
+                let ms = &m[start..start + chunk.len()];
+                for ((o, &xv), &mv) in chunk.iter_mut().zip(xs).zip(ms) {
+                    *o = if mv != 0 { (xv - mean) * scale + shift_back } else { T::ZERO };
+                }
+            }
+            None => {
+                for (o, &xv) in chunk.iter_mut().zip(xs) {
+                    *o = (xv - mean) * scale + shift_back;
+                }
+            }
+        }
+    };
+    parallel::run(x.len(), |par| {
+        if par {
+            out.par_chunks_mut(BLOCK).enumerate().for_each(apply);
+        } else {
+            out.chunks_mut(BLOCK).enumerate().for_each(apply);
+        }
+    });
+    Ok(moments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_match_two_pass_over_many_blocks() {
+        let n = 3 * BLOCK + 17;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.01 + 1000.0).collect();
+        let m: Vec<u8> = (0..n).map(|i| u8::from(i % 3 != 0)).collect();
+        let got = masked_moments(&x, Some(&m), true).unwrap();
+        let sel: Vec<f64> = x.iter().zip(&m).filter(|(_, &m)| m == 1).map(|(&x, _)| f64::from(x)).collect();
+        let mean = sel.iter().sum::<f64>() / sel.len() as f64;
+        let m2: f64 = sel.iter().map(|v| (v - mean) * (v - mean)).sum();
+        assert_eq!(got.count, sel.len() as u64);
+        assert!((got.mean - mean).abs() < 1e-9);
+        assert!((got.m2 - m2).abs() / m2 < 1e-9);
+    }
+
+    #[test]
+    fn whitening_needs_two_elements() {
+        let mut out = [0.0f64; 3];
+        let p = WhitenParams { shift_mean: true, unbiased: true, eps: 1e-8, check_finite: true };
+        let err = masked_whiten(&[1.0, 2.0, 3.0], Some(&[0, 1, 0]), &p, &mut out).unwrap_err();
+        assert!(err.message.contains("at least 2"));
+        masked_whiten(&[1.0, 2.0, 3.0], Some(&[1, 0, 1]), &p, &mut out).unwrap();
+        assert!((out[0] + out[2]).abs() < 1e-12 && out[1] == 0.0);
+    }
+}

@@ -1,0 +1,115 @@
+//! Binding of `rlhf_fast_kernels::kl`: KL estimates and KL-shaped rewards.
+
+use numpy::Element;
+use pyo3::prelude::*;
+use rlhf_fast_kernels::kl::{self as kernel, Estimator, KlInputs, KlParams};
+use rlhf_fast_kernels::{Float, Rows};
+
+use crate::arrays::{expect_ndim, expect_shape, flags, float_kind, int64, output, readonly, slice, FloatKind};
+use crate::errors::{from_kernel, invalid_argument};
+
+type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+struct Args<'a, 'py> {
+    logprobs: &'a Bound<'py, PyAny>,
+    ref_logprobs: &'a Bound<'py, PyAny>,
+    mask: Option<&'a Bound<'py, PyAny>>,
+    cu_seqlens: Option<&'a Bound<'py, PyAny>>,
+    scores: &'a Bound<'py, PyAny>,
+    params: KlParams,
+    rewards_out: Option<&'a Bound<'py, PyAny>>,
+    kl_out: Option<&'a Bound<'py, PyAny>>,
+}
+
+fn run<'py, T: Float + Element>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<Pair<'py>> {
+    let packed = a.cu_seqlens.is_some();
+    let shape = if packed {
+        expect_ndim(a.logprobs, "logprobs", 1, "[N] (packed rows)")?
+    } else {
+        expect_ndim(a.logprobs, "logprobs", 2, "[B, T]")?
+    };
+    let logprobs = readonly::<T>(a.logprobs, "logprobs", None)?;
+    let ref_logprobs = readonly::<T>(a.ref_logprobs, "ref_logprobs", Some("logprobs"))?;
+    expect_shape(a.ref_logprobs, "ref_logprobs", &shape, "that of logprobs")?;
+    let mask = flags(a.mask, "mask", &shape, "logprobs")?;
+    let offsets = a.cu_seqlens.map(|c| int64(c, "cu_seqlens")).transpose()?;
+    let rows = match &offsets {
+        Some(o) => Rows::Packed { offsets: slice(o, "cu_seqlens")? },
+        None => Rows::Padded { rows: shape[0], cols: shape[1] },
+    };
+    if rows.num_rows() == 0 {
+        return Err(invalid_argument(if packed {
+            "cu_seqlens must describe at least one row (hold >= 2 offsets)".to_owned()
+        } else {
+            format!("logprobs must hold at least one row, got shape {shape:?}")
+        }));
+    }
+    expect_shape(a.scores, "scores", &[rows.num_rows()], "one per row")?;
+    let scores = readonly::<T>(a.scores, "scores", Some("logprobs"))?;
+    let (rew_obj, mut rew) = output::<T>(py, a.rewards_out, "rewards_out", &shape, "logprobs")?;
+    let (kl_obj, mut kl) = output::<T>(py, a.kl_out, "kl_out", &shape, "logprobs")?;
+    let inputs = KlInputs {
+        logprobs: slice(&logprobs, "logprobs")?,
+        ref_logprobs: slice(&ref_logprobs, "ref_logprobs")?,
+        mask: mask.as_ref().map(|m| slice(m, "mask")).transpose()?,
+        scores: slice(&scores, "scores")?,
+        rows,
+    };
+    let rew_s = rew.as_slice_mut().map_err(|_| invalid_argument("rewards_out must be C-contiguous"))?;
+    let kl_s = kl.as_slice_mut().map_err(|_| invalid_argument("kl_out must be C-contiguous"))?;
+    let params = a.params;
+    py.detach(|| kernel::kl_shaped_rewards(&inputs, &params, rew_s, kl_s)).map_err(from_kernel)?;
+    Ok((rew_obj, kl_obj))
+}
+
+fn dispatch<'py>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<Pair<'py>> {
+    match float_kind(a.logprobs, "logprobs")? {
+        FloatKind::F32 => run::<f32>(py, a),
+        FloatKind::F64 => run::<f64>(py, a),
+    }
+}
+
+fn params(kl_coef: f64, estimator: &str, clamp: Option<f64>, check_finite: bool) -> PyResult<KlParams> {
+    let estimator = Estimator::parse(estimator).map_err(from_kernel)?;
+    Ok(KlParams { kl_coef, estimator, clamp, check_finite })
+}
+
+/// Padded KL shaping; see `_native.pyi`.
+#[pyfunction]
+#[pyo3(signature = (logprobs, ref_logprobs, mask, scores, *, kl_coef, estimator="k1", clamp=None, rewards_out=None, kl_out=None, check_finite=true))]
+pub fn kl_shaped_rewards<'py>(
+    py: Python<'py>,
+    logprobs: &Bound<'py, PyAny>,
+    ref_logprobs: &Bound<'py, PyAny>,
+    mask: &Bound<'py, PyAny>,
+    scores: &Bound<'py, PyAny>,
+    kl_coef: f64,
+    estimator: &str,
+    clamp: Option<f64>,
+    rewards_out: Option<&Bound<'py, PyAny>>,
+    kl_out: Option<&Bound<'py, PyAny>>,
+    check_finite: bool,
+) -> PyResult<Pair<'py>> {
+    let params = params(kl_coef, estimator, clamp, check_finite)?;
+    dispatch(py, &Args { logprobs, ref_logprobs, mask: Some(mask), cu_seqlens: None, scores, params, rewards_out, kl_out })
+}
+
+/// Packed KL shaping; see `_native.pyi`.
+#[pyfunction]
+#[pyo3(signature = (logprobs, ref_logprobs, cu_seqlens, scores, *, kl_coef, estimator="k1", clamp=None, rewards_out=None, kl_out=None, check_finite=true))]
+pub fn kl_shaped_rewards_packed<'py>(
+    py: Python<'py>,
+    logprobs: &Bound<'py, PyAny>,
+    ref_logprobs: &Bound<'py, PyAny>,
+    cu_seqlens: &Bound<'py, PyAny>,
+    scores: &Bound<'py, PyAny>,
+    kl_coef: f64,
+    estimator: &str,
+    clamp: Option<f64>,
+    rewards_out: Option<&Bound<'py, PyAny>>,
+    kl_out: Option<&Bound<'py, PyAny>>,
+    check_finite: bool,
+) -> PyResult<Pair<'py>> {
+    let params = params(kl_coef, estimator, clamp, check_finite)?;
+    dispatch(py, &Args { logprobs, ref_logprobs, mask: None, cu_seqlens: Some(cu_seqlens), scores, params, rewards_out, kl_out })
+}
