@@ -277,16 +277,20 @@ def _format_default(value: Any) -> str:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, reserved: Sequence[str] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    reserved: Sequence[str] = (),
+    title: str | None = None,
 ) -> list[FieldSpec]:
     """Add one option per leaf field of ``cls`` (nested fields in their own groups).
 
     Options default to ``argparse.SUPPRESS`` so that only the flags actually given
     override the config file; :func:`config_from_args` does the merge. ``reserved``
     lists option names the caller uses itself (e.g. ``config``); a field of that name
-    is a programming error.
+    is a programming error. With ``title`` the top-level fields get their own group.
     """
-    groups: dict[str, Any] = {"": parser}
+    groups: dict[str, Any] = {"": parser.add_argument_group(title) if title else parser}
     specs = config_fields(cls)
     for spec in specs:
         if spec.name in reserved or spec.name.replace("_", "-") in reserved:

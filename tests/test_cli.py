@@ -1,0 +1,192 @@
+"""The rlhf-fast command line: help texts, file + flag precedence, error exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+from rlhf_fast.cli import COMMANDS, Command, main
+from rlhf_fast.config import config_fields, load_config
+from rlhf_fast.data import load_preference_pairs
+
+
+@dataclass
+class InnerConfig:
+    """Settings of an inner stage."""
+
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient."})
+
+
+@dataclass
+class ToyConfig:
+    """A toy stage that records the config it was given."""
+
+    output_dir: str = field(default="", metadata={"help": "Where the toy writes."})
+    steps: int = field(default=3, metadata={"help": "How many toy steps."})
+    resume: bool = field(default=False, metadata={"help": "Continue the toy run."})
+    data: str = field(default="", metadata={"help": "Preference pairs to load."})
+    inner: InnerConfig = field(default_factory=InnerConfig, metadata={"help": "The inner stage."})
+
+
+@dataclass
+class NoResumeConfig:
+    name: str = field(default="x", metadata={"help": "A name."})
+
+
+@dataclass(frozen=True)
+class LocalCommand(Command):
+    """A Command whose stage is given directly instead of imported by name."""
+
+    config: type = ToyConfig
+    run: Callable[[Any], Any] = print
+
+    def load(self):
+        return self.config, self.run, "Toy stage.\n\n    rlhf-fast toy --steps 3"
+
+
+def toy_commands(seen: list):
+    def run(config):
+        seen.append(config)
+        if config.data:
+            load_preference_pairs(config.data)
+        if config.steps == 13:
+            raise RuntimeError("a genuine bug")
+
+    return {
+        "toy": LocalCommand("A toy.", "", "", "", config=ToyConfig, run=run),
+        "plain": LocalCommand("No resume.", "", "", "", config=NoResumeConfig, run=seen.append),
+    }
+
+
+# ----------------------------------------------------------------- help
+def test_top_level_help_lists_commands_and_loads_no_torch():
+    code = (
+        "import sys\nfrom rlhf_fast.cli import main\nrc = main(['--help'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    for name in ("sft", "train-reward", "ppo", "pipeline", "demo"):
+        assert f"  {name} " in result.stdout
+    assert result.stdout.strip().endswith("NO_TORCH 0")
+
+
+def test_command_help_explains_every_option(capsys):
+    assert main(["toy", "--help"], commands=toy_commands([])) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rlhf-fast toy")
+    assert "Toy stage." in out and "rlhf-fast toy --steps 3" in out
+    for spec in config_fields(ToyConfig):
+        assert spec.help in out
+    assert "--inner.kl-coef FLOAT" in out and "--resume, --no-resume" in out
+    assert "--config FILE" in out and "--print-config" in out
+
+
+def test_usage_errors_exit_2(capsys):
+    commands = toy_commands([])
+    assert main([], commands=commands) == 2
+    assert "a command is required" in capsys.readouterr().err
+    assert main(["tyo"], commands=commands) == 2
+    assert "unknown command 'tyo'; did you mean 'toy'?" in capsys.readouterr().err
+    assert main(["toy", "--steps", "many"], commands=commands) == 2
+    assert "--steps: expected int, got 'many'" in capsys.readouterr().err
+    assert main(["toy", "--no-such-flag"], commands=commands) == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- config precedence
+def test_file_then_flags_and_config_dump(tmp_path, capsys):
+    seen: list = []
+    config_file = tmp_path / "toy.yaml"
+    config_file.write_text(f"output_dir: {tmp_path / 'run'}\nsteps: 5\ninner:\n  kl_coef: 0.5\n")
+    argv = ["toy", "--config", str(config_file), "--inner.kl_coef", "0.25", "--resume"]
+    assert main(argv, commands=toy_commands(seen)) == 0
+    assert seen == [
+        ToyConfig(output_dir=str(tmp_path / "run"), steps=5, resume=True, inner=InnerConfig(0.25))
+    ]
+    # The resolved config is saved next to the outputs and loads back to the same thing.
+    assert load_config(ToyConfig, tmp_path / "run" / "config.toml") == seen[0]
+
+    assert (
+        main(["toy", "--config", str(config_file), "--print-config"], commands=toy_commands(seen))
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "# How many toy steps. [int]\nsteps = 5\n" in printed and len(seen) == 1  # not run
+    assert main(["--debug", "plain", "--name", "y"], commands=toy_commands(seen)) == 0
+    assert seen[-1] == NoResumeConfig(name="y")
+
+
+# ------------------------------------------------------------ error codes
+def test_bad_input_is_one_line_on_stderr(tmp_path, capsys):
+    commands = toy_commands([])
+    bad_config = tmp_path / "toy.toml"
+    bad_config.write_text("stepz = 3\n")
+    assert main(["toy", "--config", str(bad_config)], commands=commands) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"rlhf-fast toy: error: {bad_config}: unknown key 'stepz'")
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": 1}\n'
+    )
+    assert main(["toy", "--data", str(pairs)], commands=commands) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{pairs}: line 2: field 'chosen': expected a string, got 1 (int)" in err
+
+    assert main(["toy", "--config", str(tmp_path / "missing.toml")], commands=commands) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["plain", "--resume"], commands=commands) == 2
+    assert "plain does not support --resume" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback_and_bugs_are_not_hidden(tmp_path):
+    commands = toy_commands([])
+    bad_config = tmp_path / "toy.toml"
+    bad_config.write_text("stepz = 3\n")
+    with pytest.raises(ValueError, match="unknown key 'stepz'"):
+        main(["toy", "--config", str(bad_config), "--debug"], commands=commands)
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        main(["toy", "--steps", "13"], commands=commands)
+
+
+def test_stage_import_failure_is_one_line(capsys):
+    broken = {"gone": Command("Missing stage.", "rlhf_fast.no_such_module", "X", "run_x")}
+    assert main(["gone"], commands=broken) == 1
+    err = capsys.readouterr().err
+    assert "cannot import rlhf_fast.no_such_module" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------- the real subcommands
+def test_real_commands_point_at_existing_stages():
+    assert sorted(COMMANDS) == ["demo", "pipeline", "ppo", "sft", "train-reward"]
+    for name, command in COMMANDS.items():
+        config_cls, run, _ = command.load()
+        specs = config_fields(config_cls)
+        assert callable(run), name
+        assert all(spec.help for spec in specs), f"{name}: fields without help"
+        assert any(spec.name == "output_dir" for spec in specs), name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_real_command_help(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    config_cls, _, _ = COMMANDS[name].load()
+    for spec in config_fields(config_cls):
+        if not spec.is_nested:
+            assert "--" + spec.name.replace("_", "-") in out, spec.name
+
+
+def test_real_command_print_config_round_trips(tmp_path, capsys):
+    assert main(["demo", "--print-config", "--output_dir", str(tmp_path / "d")]) == 0
+    path = tmp_path / "demo.toml"
+    path.write_text(capsys.readouterr().out)
+    config_cls, _, _ = COMMANDS["demo"].load()
+    assert load_config(config_cls, path).output_dir == str(tmp_path / "d")
