@@ -14,17 +14,12 @@
 //! a position that takes part, the episode ends there: `V_next = A_next = 0` for
 //! that step. Outputs are 0 at positions that do not take part.
 //!
-//! The recursion is a serial dependency chain per row, so rows of equal length
-//! are processed [`LANES`] at a time: independent chains interleave and hide each
-//! other's latency.
+//! Rows run in parallel; each row is one backward pass over its inputs.
 
 use crate::error::{KernelError, Result};
 use crate::float::{any_non_finite, Float};
 use crate::layout::{describe_index, split_rows_mut, Rows};
 use crate::parallel::{self, RowError};
-
-/// Rows advanced together in the inner loop.
-pub const LANES: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GaeParams {
@@ -98,133 +93,91 @@ pub fn gae<T: Float>(
     for gap in adv_gaps.into_iter().chain(ret_gaps) {
         gap.fill(T::ZERO);
     }
-    let longest = ranges.iter().map(|&(s, e)| e - s).max().unwrap_or(0);
-    // Missing masks/dones read as all-ones/all-zeros rows: one code path, and the
-    // extra bytes stay in L1.
-    let ones = vec![1u8; longest];
-    let zeros = vec![0u8; longest];
-
-    let per_task = parallel::rows_per_task(ranges.len(), longest).next_multiple_of(LANES);
-    let mut tasks = Vec::new();
-    let mut adv_iter = adv_rows.into_iter();
-    let mut ret_iter = ret_rows.into_iter();
-    for first in (0..ranges.len()).step_by(per_task.max(1)) {
-        let last = (first + per_task).min(ranges.len());
-        let adv: Vec<_> = adv_iter.by_ref().take(last - first).collect();
-        let ret: Vec<_> = ret_iter.by_ref().take(last - first).collect();
-        tasks.push((first, adv, ret));
-    }
-    let gamma = T::from_f64(params.gamma);
-    let gamma_lam = T::from_f64(params.gamma * params.lam);
-    let ctx = RowContext { inp, ranges: &ranges, ones: &ones, zeros: &zeros, gamma, gamma_lam, params };
-
+    let tasks: Vec<_> = adv_rows.into_iter().zip(ret_rows).enumerate().collect();
+    let ctx = RowContext {
+        inp,
+        ranges: &ranges,
+        gamma: T::from_f64(params.gamma),
+        gamma_lam: T::from_f64(params.gamma * params.lam),
+        params,
+    };
     parallel::run(inp.rewards.len(), |par| {
-        parallel::try_for_each(tasks, par, |(first, mut adv, mut ret)| {
-            let mut row = first;
-            let mut adv = adv.iter_mut();
-            let mut ret = ret.iter_mut();
-            while let Some(a0) = adv.next() {
-                let r0 = ret.next().expect("one returns row per advantages row");
-                let len = a0.len();
-                let group_end = (row + LANES).min(row + adv.len() + 1);
-                let equal = group_end - row == LANES
-                    && ranges[row..group_end].iter().all(|&(s, e)| e - s == len);
-                if equal {
-                    let mut adv_lanes: [&mut [T]; LANES] = std::array::from_fn(|_| <&mut [T]>::default());
-                    let mut ret_lanes: [&mut [T]; LANES] = std::array::from_fn(|_| <&mut [T]>::default());
-                    adv_lanes[0] = &mut a0[..];
-                    ret_lanes[0] = &mut r0[..];
-                    for l in 1..LANES {
-                        adv_lanes[l] = &mut adv.next().expect("group fits in task")[..];
-                        ret_lanes[l] = &mut ret.next().expect("group fits in task")[..];
-                    }
-                    ctx.rows::<LANES>(row, adv_lanes, ret_lanes)?;
-                    row += LANES;
-                } else {
-                    ctx.rows::<1>(row, [&mut a0[..]], [&mut r0[..]])?;
-                    row += 1;
-                }
-            }
-            Ok(())
-        })
+        parallel::try_for_each(tasks, par, |(row, (adv, ret))| ctx.row(row, adv, ret))
     })
 }
 
 struct RowContext<'c, 'a, T> {
     inp: &'c GaeInputs<'a, T>,
     ranges: &'c [(usize, usize)],
-    ones: &'c [u8],
-    zeros: &'c [u8],
     gamma: T,
     gamma_lam: T,
     params: &'c GaeParams,
 }
 
 impl<T: Float> RowContext<'_, '_, T> {
-    /// Runs the recursion on `N` rows of equal length starting at row `first`.
-    #[inline]
-    fn rows<const N: usize>(
-        &self,
-        first: usize,
-        adv: [&mut [T]; N],
-        ret: [&mut [T]; N],
-    ) -> std::result::Result<(), RowError> {
-        let len = adv[0].len();
-        let rng: [(usize, usize); N] = std::array::from_fn(|l| self.ranges[first + l]);
-        let rew: [&[T]; N] = std::array::from_fn(|l| &self.inp.rewards[rng[l].0..rng[l].1]);
-        let val: [&[T]; N] = std::array::from_fn(|l| &self.inp.values[rng[l].0..rng[l].1]);
-        let mask: [&[u8]; N] =
-            std::array::from_fn(|l| self.inp.mask.map_or(&self.ones[..len], |m| &m[rng[l].0..rng[l].1]));
-        let dones: [&[u8]; N] =
-            std::array::from_fn(|l| self.inp.dones.map_or(&self.zeros[..len], |d| &d[rng[l].0..rng[l].1]));
-        let mut next_v: [T; N] =
-            std::array::from_fn(|l| self.inp.bootstrap_values.map_or(T::ZERO, |b| b[first + l]));
-        let mut next_a = [T::ZERO; N];
-        let mut flags_seen = [0u8; N];
-        for l in 0..N {
-            assert!(
-                rew[l].len() == len && val[l].len() == len && mask[l].len() == len
-                    && dones[l].len() == len && adv[l].len() == len && ret[l].len() == len
-            );
+    /// Runs the recursion on row `row`, then checks what it wrote.
+    fn row(&self, row: usize, adv: &mut [T], ret: &mut [T]) -> std::result::Result<(), RowError> {
+        let (s, e) = self.ranges[row];
+        let rew = &self.inp.rewards[s..e];
+        let val = &self.inp.values[s..e];
+        let mask = self.inp.mask.map(|m| &m[s..e]);
+        let dones = self.inp.dones.map(|d| &d[s..e]);
+        let boot = self.inp.bootstrap_values.map_or(T::ZERO, |b| b[row]);
+        // Specialised loops for the common cases: no mask to read, no dones.
+        let flags = match (mask, dones) {
+            (Some(m), Some(d)) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
+            (Some(m), None) => self.sweep::<true, false>(rew, val, m, &[], boot, adv, ret),
+            (None, Some(d)) => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
+            (None, None) => self.sweep::<false, false>(rew, val, &[], &[], boot, adv, ret),
+        };
+        if flags > 1 {
+            return Err((row, self.bad_flags(row)));
         }
-        for t in (0..len).rev() {
-            for l in 0..N {
-                // SAFETY: every slice was asserted above to hold exactly `len` elements.
-                let (r, v, m, d) = unsafe {
-                    (
-                        *rew[l].get_unchecked(t),
-                        *val[l].get_unchecked(t),
-                        *mask[l].get_unchecked(t),
-                        *dones[l].get_unchecked(t),
-                    )
-                };
-                flags_seen[l] |= m | d;
-                let takes_part = m != 0;
-                let ends = d != 0;
-                let nv = if ends { T::ZERO } else { next_v[l] };
-                let na = if ends { T::ZERO } else { next_a[l] };
-                let a = r + self.gamma * nv - v + self.gamma_lam * na;
-                // SAFETY: as above.
-                unsafe {
-                    *adv[l].get_unchecked_mut(t) = if takes_part { a } else { T::ZERO };
-                    *ret[l].get_unchecked_mut(t) = if takes_part { a + v } else { T::ZERO };
-                }
-                if takes_part {
-                    next_v[l] = v;
-                    next_a[l] = a;
-                }
-            }
-        }
-        for l in 0..N {
-            let row = first + l;
-            if flags_seen[l] > 1 {
-                return Err((row, self.bad_flags(row)));
-            }
-            if self.params.check_finite && (any_non_finite(adv[l]) || any_non_finite(ret[l])) {
-                return Err((row, self.non_finite(row)));
-            }
+        if self.params.check_finite && (any_non_finite(adv) || any_non_finite(ret)) {
+            return Err((row, self.non_finite(row)));
         }
         Ok(())
+    }
+
+    /// The backward recursion over one row; returns the OR of every mask/done
+    /// byte seen, so the caller can reject values other than 0/1 without a
+    /// second pass.
+    #[inline(always)]
+    fn sweep<const MASK: bool, const DONES: bool>(
+        &self,
+        rew: &[T],
+        val: &[T],
+        mask: &[u8],
+        dones: &[u8],
+        boot: T,
+        adv: &mut [T],
+        ret: &mut [T],
+    ) -> u8 {
+        let len = rew.len();
+        assert!(val.len() == len && adv.len() == len && ret.len() == len);
+        assert!((!MASK || mask.len() == len) && (!DONES || dones.len() == len));
+        let (mut next_v, mut next_a) = (boot, T::ZERO);
+        let mut flags = 0u8;
+        for t in (0..len).rev() {
+            // SAFETY: every slice was asserted above to hold `len` elements.
+            unsafe {
+                let r = *rew.get_unchecked(t);
+                let v = *val.get_unchecked(t);
+                let m = if MASK { *mask.get_unchecked(t) } else { 1 };
+                let d = if DONES { *dones.get_unchecked(t) } else { 0 };
+                flags |= m | d;
+                let (nv, na) = if DONES && d != 0 { (T::ZERO, T::ZERO) } else { (next_v, next_a) };
+                let a = r + self.gamma * nv - v + self.gamma_lam * na;
+                let takes_part = !MASK || m != 0;
+                *adv.get_unchecked_mut(t) = if takes_part { a } else { T::ZERO };
+                *ret.get_unchecked_mut(t) = if takes_part { a + v } else { T::ZERO };
+                if takes_part {
+                    next_v = v;
+                    next_a = a;
+                }
+            }
+        }
+        flags
     }
 
     fn bad_flags(&self, row: usize) -> KernelError {

@@ -1,7 +1,7 @@
 //! The kernels' thread pool: rows in parallel above a size threshold.
 //!
 //! The pool is rebuilt after `fork` (a child process inherits no worker threads,
-//! e.g. in DataLoader workers) and when the thread count changes. Work is split by
+//! e.g. in `DataLoader` workers) and when the thread count changes. Work is split by
 //! rows, never by thread count, so results are bit-identical for any count.
 
 use std::sync::{Arc, Mutex};

@@ -23,7 +23,11 @@ macro_rules! int_pad {
         }
     )*};
 }
-int_pad!(i64, i32, u8);
+#[allow(clippy::cast_lossless)] // one macro body for i64 too, where `From` does not exist
+mod int_pads {
+    use super::PadValue;
+    int_pad!(i64, i32, u8);
+}
 
 impl PadValue for f32 {
     fn from_pad(v: f64) -> Option<Self> {
