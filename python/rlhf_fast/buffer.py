@@ -1,0 +1,330 @@
+"""``RolloutBuffer``: variable-length rollouts in flat storage, served as padded minibatches.
+
+Each rollout has per-token fields (token ids, logprobs, values, advantages, ...; one
+1-D array per field, all of the rollout's length) and per-rollout scalar fields
+(score, prompt id, ...). Per-token fields live concatenated in one growable flat
+array per field, with int64 offsets marking where each rollout starts, so appending
+is amortised O(new tokens) and nothing loops over tokens in Python. ``minibatches``
+shuffles the rollouts with a seed and pads each minibatch in Rust
+(``pad_ragged(..., indices=...)``, one gather per field).
+
+Example:
+    >>> import numpy as np
+    >>> buf = RolloutBuffer({"input_ids": np.int64, "logprobs": np.float32}, {"score": np.float32})
+    >>> buf.add(input_ids=np.array([5, 6, 7]), logprobs=np.array([-0.1, -0.2, -0.3]), score=1.0)
+    >>> buf.add(input_ids=[np.array([8]), np.array([9, 10])],
+    ...         logprobs=[np.array([-1.0]), np.array([-0.5, -0.5])], score=[0.0, 2.0])
+    >>> len(buf), buf.num_tokens
+    (3, 6)
+    >>> batch = next(buf.minibatches(3, seed=0, side="left"))
+    >>> sorted(batch) == ["indices", "input_ids", "logprobs", "mask", "score"]
+    True
+    >>> batch["input_ids"].shape, batch["mask"].dtype
+    ((3, 3), dtype('bool'))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Union
+
+import numpy as np
+
+from rlhf_fast import ops
+from rlhf_fast.errors import InvalidArgumentError, InvalidDtypeError
+
+__all__ = ["RolloutBuffer"]
+
+_FIELD_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int64, np.int32, np.uint8))
+_RESERVED = ("mask", "indices")
+
+
+def _as_numpy(x: Any, name: str) -> np.ndarray:
+    """A numpy view (or host copy for device tensors) of an array, tensor or list."""
+    if ops._is_tensor(x):
+        return ops._tensor_to_host(x).numpy()
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as err:
+        raise InvalidArgumentError(f"RolloutBuffer.add: {name} is not an array ({err})") from err
+
+
+class _Growable:
+    """A 1-D numpy array with spare capacity that doubles when full."""
+
+    def __init__(self, dtype: np.dtype, capacity: int = 1024):
+        self.data = np.empty(capacity, dtype=dtype)
+        self.size = 0
+
+    def reserve(self, extra: int) -> np.ndarray:
+        """Grows if needed and returns the slice of the next ``extra`` elements."""
+        need = self.size + extra
+        if need > self.data.shape[0]:
+            grown = np.empty(max(need, 2 * self.data.shape[0]), dtype=self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        view = self.data[self.size : need]
+        self.size = need
+        return view
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
+class RolloutBuffer:
+    """Variable-length rollouts in flat storage with offsets.
+
+    Args:
+        token_fields: per-token field names and dtypes, e.g.
+            ``{"input_ids": np.int64, "logprobs": np.float32}``. Dtypes:
+            float32, float64, int64, int32 or uint8.
+        scalar_fields: per-rollout field names and dtypes, e.g. ``{"score": np.float32}``.
+
+    Fields named ``mask`` or ``indices`` are reserved for ``minibatches``' output.
+    Added data is cast to the declared dtype (``same_kind`` casting: int64 ids into an
+    int32 field are fine, floats into an int field are an error).
+    """
+
+    def __init__(
+        self,
+        token_fields: Mapping[str, Any],
+        scalar_fields: Mapping[str, Any] | None = None,
+    ):
+        scalar_fields = dict(scalar_fields or {})
+        if not token_fields:
+            raise InvalidArgumentError(
+                "RolloutBuffer: token_fields must name at least one per-token field, e.g. "
+                "{'input_ids': np.int64}"
+            )
+        for name, dtype in {**token_fields, **scalar_fields}.items():
+            if name in _RESERVED:
+                raise InvalidArgumentError(
+                    f"RolloutBuffer: field name {name!r} is reserved for minibatch output; "
+                    "rename it"
+                )
+            if name in token_fields and name in scalar_fields:
+                raise InvalidArgumentError(
+                    f"RolloutBuffer: {name!r} is both a token field and a scalar field"
+                )
+            if np.dtype(dtype) not in _FIELD_DTYPES:
+                allowed = ", ".join(str(d) for d in _FIELD_DTYPES)
+                raise InvalidDtypeError(
+                    f"RolloutBuffer: field {name!r} has dtype {np.dtype(dtype)}; use one of "
+                    f"{allowed}"
+                )
+        self._token_dtypes = {k: np.dtype(v) for k, v in token_fields.items()}
+        self._scalar_dtypes = {k: np.dtype(v) for k, v in scalar_fields.items()}
+        self.clear()
+
+    # -------------------------------------------------------------- storage
+    def clear(self) -> None:
+        """Drops every rollout (keeps the field definitions)."""
+        self._tokens = {k: _Growable(d) for k, d in self._token_dtypes.items()}
+        self._scalars = {k: _Growable(d, 64) for k, d in self._scalar_dtypes.items()}
+        self._offsets = _Growable(np.dtype(np.int64), 65)
+        self._offsets.reserve(1)[0] = 0
+
+    def __len__(self) -> int:
+        """Number of rollouts stored."""
+        return self._offsets.size - 1
+
+    @property
+    def num_tokens(self) -> int:
+        """Total number of tokens over all rollouts."""
+        return int(self._offsets.view()[-1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``[len + 1]`` int64: rollout ``i`` is ``tokens(field)[offsets[i]:offsets[i + 1]]``."""
+        return self._offsets.view()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``[len]`` int64 rollout lengths."""
+        return np.diff(self._offsets.view())
+
+    def tokens(self, field: str) -> np.ndarray:
+        """The flat ``[num_tokens]`` storage of a per-token field (a view)."""
+        return self._tokens[field].view()
+
+    def scalars(self, field: str) -> np.ndarray:
+        """The ``[len]`` values of a per-rollout field (a view)."""
+        return self._scalars[field].view()
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Rollout ``i`` as a dict of 1-D views and scalars."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"RolloutBuffer index {i} out of range for {n} rollouts")
+        i %= n
+        start, stop = self._offsets.view()[i : i + 2]
+        item: dict[str, Any] = {k: g.view()[start:stop] for k, g in self._tokens.items()}
+        item.update({k: g.view()[i] for k, g in self._scalars.items()})
+        return item
+
+    # -------------------------------------------------------------- adding
+    def add(self, **fields: Any) -> None:
+        """Appends one rollout or many; every declared field must be given.
+
+        One rollout: each token field a 1-D array/tensor/list (all of one length),
+        each scalar field a number.
+
+        Many rollouts: each token field a list/tuple of ``B`` 1-D arrays (row ``i`` of
+        every field has one length), each scalar field ``B`` numbers (list or ``[B]``
+        array). A list is read as many rollouts when its first element is an array,
+        tensor or list.
+        """
+        self._check_names(fields)
+        first = fields[next(iter(self._token_dtypes))]
+        many = (
+            isinstance(first, (list, tuple))
+            and len(first) > 0
+            and (isinstance(first[0], (np.ndarray, list, tuple)) or ops._is_tensor(first[0]))
+        )
+        if many:
+            self._add_many(fields)
+        else:
+            self._add_many(
+                {
+                    k: [v] if k in self._token_dtypes else _as_numpy(v, k).reshape(1)
+                    for k, v in fields.items()
+                }
+            )
+
+    def _check_names(self, fields: Mapping[str, Any]) -> None:
+        expected = set(self._token_dtypes) | set(self._scalar_dtypes)
+        missing, unknown = expected - set(fields), set(fields) - expected
+        if missing or unknown:
+            raise InvalidArgumentError(
+                f"RolloutBuffer.add: expected exactly the fields {sorted(expected)}; "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+
+    def _add_many(self, fields: Mapping[str, Any]) -> None:
+        lengths: np.ndarray | None = None
+        length_from = ""
+        token_arrays: dict[str, list[np.ndarray]] = {}
+        for name in self._token_dtypes:
+            rows = fields[name]
+            if not isinstance(rows, (list, tuple)):
+                raise InvalidArgumentError(
+                    f"RolloutBuffer.add: {name} must be a list of 1-D arrays when adding "
+                    f"many rollouts, got {type(rows).__name__}"
+                )
+            arrays = [_as_numpy(r, f"{name}[{i}]") for i, r in enumerate(rows)]
+            for i, a in enumerate(arrays):
+                if a.ndim != 1:
+                    raise InvalidArgumentError(
+                        f"RolloutBuffer.add: {name}[{i}] must be 1-D (one value per token), "
+                        f"got shape {a.shape}"
+                    )
+            row_lengths = np.fromiter((a.shape[0] for a in arrays), np.int64, len(arrays))
+            if lengths is None:
+                lengths, length_from = row_lengths, name
+            elif row_lengths.shape != lengths.shape or (row_lengths != lengths).any():
+                raise InvalidArgumentError(
+                    f"RolloutBuffer.add: {name} and {length_from} must give the same number "
+                    f"of rollouts with the same lengths; got lengths "
+                    f"{row_lengths.tolist()[:8]} and {lengths.tolist()[:8]}"
+                )
+            token_arrays[name] = arrays
+        assert lengths is not None
+        count = lengths.shape[0]
+        scalar_arrays = {}
+        for name in self._scalar_dtypes:
+            values = _as_numpy(fields[name], name).reshape(-1)
+            if values.shape[0] != count:
+                raise InvalidArgumentError(
+                    f"RolloutBuffer.add: {name} must give one value per rollout ({count}), "
+                    f"got {values.shape[0]}"
+                )
+            scalar_arrays[name] = values
+        # Validate every cast before writing anything, so a failed add leaves no trace.
+        for name, arrays in token_arrays.items():
+            for i, a in enumerate(arrays):
+                self._check_cast(a.dtype, self._token_dtypes[name], f"{name}[{i}]")
+        for name, values in scalar_arrays.items():
+            self._check_cast(values.dtype, self._scalar_dtypes[name], name)
+        total = int(lengths.sum())
+        for name, arrays in token_arrays.items():
+            slot = self._tokens[name].reserve(total)
+            if arrays:
+                np.concatenate(arrays, out=slot, casting="unsafe")
+        for name, values in scalar_arrays.items():
+            self._scalars[name].reserve(count)[:] = values
+        end = self._offsets.view()[-1]
+        np.cumsum(lengths, out=self._offsets.reserve(count))
+        self._offsets.view()[-count:] += end
+
+    @staticmethod
+    def _check_cast(given: np.dtype, stored: np.dtype, name: str) -> None:
+        if not np.can_cast(given, stored, casting="same_kind"):
+            raise InvalidDtypeError(
+                f"RolloutBuffer.add: {name} has dtype {given}, which does not cast safely to "
+                f"the field's dtype {stored}; convert it first"
+            )
+
+    # -------------------------------------------------------------- reading
+    def minibatches(
+        self,
+        minibatch_size: int,
+        seed: int,
+        *,
+        pad_value: Union[float, Mapping[str, float]] = 0,
+        side: str = "right",
+        length: int | None = None,
+        drop_last: bool = False,
+        as_torch: bool = False,
+        device: Any = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yields shuffled, padded minibatches; the same seed gives the same batches.
+
+        Args:
+            minibatch_size: rollouts per minibatch (the last one is shorter unless
+                ``drop_last``).
+            seed: int >= 0 for the shuffle (``rlhf_fast.minibatch_indices``).
+            pad_value: value in the padding, one for all fields or a dict per field
+                (missing fields pad with 0).
+            side: ``"right"`` or ``"left"`` padding.
+            length: pad every minibatch to this length (static shapes); default: the
+                longest rollout in the minibatch.
+            drop_last: skip a final short minibatch.
+            as_torch: yield torch tensors (moved to ``device`` when given).
+
+        Yields:
+            dicts with every token field ``[M, L]``, ``"mask"`` ``[M, L]`` bool, every
+            scalar field ``[M]`` and ``"indices"`` ``[M]`` int64 (rollout numbers).
+        """
+        pads = dict(pad_value) if isinstance(pad_value, Mapping) else None
+        unknown = set(pads or {}) - set(self._token_dtypes)
+        if unknown:
+            raise InvalidArgumentError(
+                f"RolloutBuffer.minibatches: pad_value names unknown token fields "
+                f"{sorted(unknown)}; token fields are {sorted(self._token_dtypes)}"
+            )
+        if len(self) == 0:
+            raise InvalidArgumentError(
+                "RolloutBuffer.minibatches: the buffer is empty; add rollouts first"
+            )
+        offsets = self._offsets.view()
+        for indices in ops.minibatch_indices(len(self), minibatch_size, seed, drop_last):
+            batch: dict[str, Any] = {}
+            for name, store in self._tokens.items():
+                pad = pads.get(name, 0) if pads is not None else pad_value
+                batch[name], batch["mask"] = ops.pad_ragged(
+                    store.view(), pad, side, length, offsets=offsets, indices=indices
+                )
+            for name, store in self._scalars.items():
+                batch[name] = store.view()[indices]
+            batch["indices"] = indices
+            if as_torch:
+                batch = _to_torch(batch, device)
+            yield batch
+
+
+def _to_torch(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
+    import torch  # only needed for as_torch=True
+
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    if device is not None:
+        out = {k: v.to(device) for k, v in out.items()}
+    return out
