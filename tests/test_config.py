@@ -266,3 +266,27 @@ def test_markdown_table_lists_every_option():
     table = render_config_markdown(RunConfig)
     assert "| `--ppo.optim.lr` | float | `0.0001` | Learning rate (AdamW). |" in table
     assert table.count("\n") == 2 + 10  # header, rule, ten leaf options
+
+
+@dataclass
+class TunedConfig:
+    """Nested defaults come from the parent's factory, as in the demo's stage settings."""
+
+    ppo: StageConfig = field(
+        default_factory=lambda: StageConfig(kl_coef=0.3, optim=OptimConfig(lr=0.5)),
+        metadata={"help": "PPO stage, tuned."},
+    )
+
+
+def test_nested_defaults_come_from_the_parent_default_factory(tmp_path):
+    assert parse([], TunedConfig) == TunedConfig()
+    assert parse(["--ppo.estimator", "k2"], TunedConfig).ppo == StageConfig(
+        kl_coef=0.3, estimator="k2", optim=OptimConfig(lr=0.5)
+    )
+    path = write(tmp_path / "t.toml", "[ppo.optim]\nbetas = [0.5, 0.6]\n")
+    assert load_config(TunedConfig, path).ppo.optim == OptimConfig(lr=0.5, betas=(0.5, 0.6))
+    assert "KL penalty coefficient, 100% per token. (default: 0.3)" in make_parser(
+        TunedConfig
+    ).format_help().replace("\n                        ", " ")
+    assert "kl_coef = 0.3\n" in render_config(TunedConfig)
+    assert "| `--ppo.optim.lr` | float | `0.5` |" in render_config_markdown(TunedConfig)

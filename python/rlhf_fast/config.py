@@ -41,6 +41,7 @@ __all__ = [
     "FieldSpec",
     "add_config_arguments",
     "config_fields",
+    "field_defaults",
     "config_from_args",
     "config_from_dict",
     "config_to_dict",
@@ -156,6 +157,26 @@ def config_fields(cls: type, prefix: str = "") -> list[FieldSpec]:
 
 def _leaf_fields(cls: type) -> list[FieldSpec]:
     return [s for s in config_fields(cls) if not s.is_nested]
+
+
+def field_defaults(cls: type, instance: Any = None, prefix: str = "") -> dict[str, Any]:
+    """``{dotted leaf name: default}``; required fields map to ``dataclasses.MISSING``.
+
+    A nested config takes its defaults from the parent field's default instance
+    (``field(default_factory=lambda: SFTConfig(max_steps=300))`` shows 300), not
+    from the nested class.
+    """
+    out: dict[str, Any] = {}
+    for spec in config_fields(cls):
+        if "." in spec.name:
+            continue
+        value = spec.default() if instance is None else getattr(instance, spec.name)
+        if spec.is_nested:
+            nested = None if value is dataclasses.MISSING else value
+            out.update(field_defaults(spec.base, nested, prefix + spec.name + "."))
+        else:
+            out[prefix + spec.name] = value
+    return out
 
 
 # ------------------------------------------------------------ value conversion
@@ -292,6 +313,7 @@ def add_config_arguments(
     """
     groups: dict[str, Any] = {"": parser.add_argument_group(title) if title else parser}
     specs = config_fields(cls)
+    defaults = field_defaults(cls)
     for spec in specs:
         if spec.name in reserved or spec.name.replace("_", "-") in reserved:
             raise ConfigError(
@@ -302,7 +324,7 @@ def add_config_arguments(
             groups[spec.name] = parser.add_argument_group(title, spec.help or None)
             continue
         group = groups[spec.name.rsplit(".", 1)[0] if "." in spec.name else ""]
-        default = spec.default()
+        default = defaults[spec.name]
         shown_default = (
             "required" if default is dataclasses.MISSING else f"default: {_format_default(default)}"
         )
@@ -403,17 +425,25 @@ def config_from_dict(cls: type, data: Mapping[str, Any], *, source: str = "<dict
     return _build(cls, data, source, prefix="")
 
 
-def _build(cls: type, data: Mapping[str, Any], source: str, prefix: str):
+def _build(cls: type, data: Mapping[str, Any], source: str, prefix: str, base: Any = None):
+    """Build ``cls`` from ``data``; keys absent from it come from ``base`` (the default instance
+    of the parent's field) or, without one, from the class defaults."""
     kwargs: dict[str, Any] = {}
     for spec in config_fields(cls):
         if "." in spec.name:
             continue  # nested leaves are built by the recursive call below
         key = prefix + spec.name
         if spec.is_nested:
-            kwargs[spec.name] = _build(spec.base, data.get(spec.name, {}), source, prefix=key + ".")
+            nested_base = getattr(base, spec.name) if base is not None else spec.default()
+            nested_base = None if nested_base is dataclasses.MISSING else nested_base
+            kwargs[spec.name] = _build(
+                spec.base, data.get(spec.name, {}), source, prefix=key + ".", base=nested_base
+            )
             continue
         if spec.name not in data:
-            if spec.default() is dataclasses.MISSING:
+            if base is not None:
+                kwargs[spec.name] = getattr(base, spec.name)
+            elif spec.default() is dataclasses.MISSING:
                 raise ConfigError(
                     f"{source}: missing required option {key!r} "
                     f"(give {option_strings(key)[0]} or set {key} in the config file)"
@@ -535,22 +565,21 @@ def render_config(config_or_cls: Any, *, header: str = "") -> str:
     Fields that are ``None`` (TOML has no null) and required fields without a value are
     written commented out. The output loads back with :func:`load_config`.
     """
-    cls = config_or_cls if isinstance(config_or_cls, type) else type(config_or_cls)
-    values = config_to_dict(config_or_cls) if not isinstance(config_or_cls, type) else None
+    if isinstance(config_or_cls, type):
+        cls, values = config_or_cls, field_defaults(config_or_cls)
+    else:
+        cls, values = type(config_or_cls), field_defaults(type(config_or_cls), config_or_cls)
     lines: list[str] = [*_comment(header, 100), ""] if header else []
 
-    def emit(table_cls: type, table_values: Mapping[str, Any] | None, prefix: str) -> None:
+    def emit(table_cls: type, prefix: str) -> None:
         nested = []
         for spec in config_fields(table_cls):
             if "." in spec.name:
                 continue
-            if table_values is not None:
-                value = table_values.get(spec.name, dataclasses.MISSING)
-            else:
-                value = spec.default()
             if spec.is_nested:
-                nested.append((spec, value if table_values is not None else None))
+                nested.append(spec)
                 continue
+            value = values[prefix + spec.name]
             lines.extend(_comment(f"{spec.help} [{spec.type_name()}]".strip()))
             if value is dataclasses.MISSING:
                 lines.append(f"# {_toml_key(spec.name)} =   (required)")
@@ -558,21 +587,22 @@ def render_config(config_or_cls: Any, *, header: str = "") -> str:
                 lines.append(f"# {_toml_key(spec.name)} =   (unset)")
             else:
                 lines.append(f"{_toml_key(spec.name)} = {_toml_value(value)}")
-        for spec, value in nested:
+        for spec in nested:
             lines.append("")
             lines.extend(_comment(spec.help))
             lines.append(f"[{prefix}{spec.name}]")
-            emit(spec.base, value, prefix + spec.name + ".")
+            emit(spec.base, prefix + spec.name + ".")
 
-    emit(cls, values, "")
+    emit(cls, "")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def render_config_markdown(cls: type) -> str:
     """A markdown table of every option: flag, type, default and help."""
     rows = ["| option | type | default | description |", "|---|---|---|---|"]
+    defaults = field_defaults(cls)
     for spec in _leaf_fields(cls):
-        default = spec.default()
+        default = defaults[spec.name]
         shown = "required" if default is dataclasses.MISSING else f"`{_format_default(default)}`"
         flag = option_strings(spec.name)[0]
         description = spec.help.replace("|", "\\|")

@@ -238,9 +238,10 @@ class MetricsLogger:
         """Write the training curves of this stage (every metric unless ``keys`` is given)."""
         if not self.enabled:
             return None
-        return plot_curves(
-            self._records, keys, path or self.plot_path, title=f"{self.stage} ({self.run_dir.name})"
+        title = (
+            self.stage if self.run_dir.name == self.stage else f"{self.stage} ({self.run_dir.name})"
         )
+        return plot_curves(self._records, keys, path or self.plot_path, title=title)
 
     def close(self) -> None:
         """Flush and close the files and write ``plots/<stage>.png``. Idempotent."""
