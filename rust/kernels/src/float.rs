@@ -24,6 +24,24 @@ pub trait Float:
     fn is_finite(self) -> bool;
     fn abs(self) -> Self;
     fn exp(self) -> Self;
+    /// `self * a + b`, fused where `FUSED` (only instantiate `FUSED = true` in
+    /// code compiled with the `fma` target feature: elsewhere it is a libm call).
+    #[inline(always)]
+    fn mul_add_if<const FUSED: bool>(self, a: Self, b: Self) -> Self {
+        if FUSED {
+            self.fused_mul_add(a, b)
+        } else {
+            self * a + b
+        }
+    }
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
+    /// 0 for a finite number, NaN for NaN and +/-Inf: summed over outputs, it
+    /// checks finiteness with one vectorisable add per element.
+    #[inline(always)]
+    #[allow(clippy::eq_op)]
+    fn poison(self) -> Self {
+        self - self
+    }
     /// Clamp to `[lo, hi]`; NaN stays NaN (the finite check reports it).
     #[inline]
     fn clamp_to(self, lo: Self, hi: Self) -> Self {
@@ -62,6 +80,10 @@ macro_rules! impl_float {
             #[inline]
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn fused_mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
         }
     };

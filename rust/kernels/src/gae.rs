@@ -14,8 +14,12 @@
 //! a position that takes part, the episode ends there: `V_next = A_next = 0` for
 //! that step. Outputs are 0 at positions that do not take part.
 //!
-//! Rows run in parallel; each row is one backward pass over its inputs.
+//! Rows run in parallel. A row whose tokens form one run (the usual left- or
+//! right-padded response) goes through the blocked, vectorised recursion of
+//! [`crate::discounted`]; rows with holes or episode ends take the exact
+//! step-by-step loop.
 
+use crate::discounted::{dense_gae, mask_shape, BlockPowers, MaskShape};
 use crate::error::{KernelError, Result};
 use crate::float::{any_non_finite, Float};
 use crate::layout::{describe_index, split_rows_mut, Rows};
@@ -99,6 +103,7 @@ pub fn gae<T: Float>(
         ranges: &ranges,
         gamma: T::from_f64(params.gamma),
         gamma_lam: T::from_f64(params.gamma * params.lam),
+        powers: BlockPowers::new(params.gamma * params.lam),
         params,
     };
     parallel::run(inp.rewards.len(), |par| {
@@ -111,6 +116,7 @@ struct RowContext<'c, 'a, T> {
     ranges: &'c [(usize, usize)],
     gamma: T,
     gamma_lam: T,
+    powers: BlockPowers<T>,
     params: &'c GaeParams,
 }
 
@@ -123,17 +129,36 @@ impl<T: Float> RowContext<'_, '_, T> {
         let mask = self.inp.mask.map(|m| &m[s..e]);
         let dones = self.inp.dones.map(|d| &d[s..e]);
         let boot = self.inp.bootstrap_values.map_or(T::ZERO, |b| b[row]);
-        // Specialised loops for the common cases: no mask to read, no dones.
-        let flags = match (mask, dones) {
-            (Some(m), Some(d)) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
-            (Some(m), None) => self.sweep::<true, false>(rew, val, m, &[], boot, adv, ret),
-            (None, Some(d)) => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
-            (None, None) => self.sweep::<false, false>(rew, val, &[], &[], boot, adv, ret),
+        // A row whose tokens form one run (no holes, no episode ends) takes the
+        // blocked, vectorised path; anything else the exact step-by-step loop.
+        let run = match (mask, dones) {
+            (None, None) => Some((0, rew.len())),
+            (Some(m), None) => match mask_shape(m) {
+                MaskShape::Run(a, b) => Some((a, b)),
+                MaskShape::Holes => None,
+                MaskShape::Invalid => return Err((row, self.bad_flags(row))),
+            },
+            (_, Some(_)) => None,
         };
-        if flags > 1 {
-            return Err((row, self.bad_flags(row)));
-        }
-        if self.params.check_finite && (any_non_finite(adv) || any_non_finite(ret)) {
+        let finite = if let Some((a, b)) = run {
+            adv[..a].fill(T::ZERO);
+            ret[..a].fill(T::ZERO);
+            adv[b..].fill(T::ZERO);
+            ret[b..].fill(T::ZERO);
+            dense_gae(&rew[a..b], &val[a..b], boot, self.gamma, self.gamma_lam, &self.powers, &mut adv[a..b], &mut ret[a..b])
+        } else {
+            let flags = match (mask, dones) {
+                (Some(m), Some(d)) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
+                (Some(m), None) => self.sweep::<true, false>(rew, val, m, &[], boot, adv, ret),
+                (None, Some(d)) => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
+                (None, None) => self.sweep::<false, false>(rew, val, &[], &[], boot, adv, ret),
+            };
+            if flags > 1 {
+                return Err((row, self.bad_flags(row)));
+            }
+            !self.params.check_finite || !(any_non_finite(adv) || any_non_finite(ret))
+        };
+        if self.params.check_finite && !finite {
             return Err((row, self.non_finite(row)));
         }
         Ok(())

@@ -11,6 +11,7 @@
 //! *packed* flat `[N]` with `cu_seqlens` offsets (every element of a row takes part).
 
 pub mod batch;
+pub mod discounted;
 pub mod error;
 pub mod float;
 pub mod gae;

@@ -1,0 +1,217 @@
+//! GAE on a dense segment (every position takes part, no episode ends inside):
+//! the common RLHF row once its padding is cut off.
+//!
+//! There the recursion is `A_t = delta_t + c * A_{t+1}` with a constant
+//! `c = gamma * lam` and `delta_t = r_t + gamma * V_{t+1} - V_t`, which is data
+//! parallel except for one carry. In blocks of [`BLOCK`] positions:
+//! `A[i..i+K] = M @ delta[i..i+K] + p * A[i+K]`, where `M[a][b] = c^(b-a)` for
+//! `b >= a` (upper-triangular Toeplitz) and `p[a] = c^(K-a)`. The matrix product
+//! vectorises (broadcast + multiply-add), and the serial chain shrinks to one
+//! multiply-add per block instead of one per position. Results equal the
+//! step-by-step recursion up to rounding (the sums associate differently).
+
+use crate::float::Float;
+
+/// Positions per block.
+pub const BLOCK: usize = 8;
+
+/// Powers of `c` used by every block.
+pub struct BlockPowers<T> {
+    /// `cols[b][a] = c^(b-a)` for `b >= a`, else 0: column `b` of `M`.
+    cols: [[T; BLOCK]; BLOCK],
+    /// `carry[a] = c^(K-a)`: how much of the next block's first advantage reaches `a`.
+    carry: [T; BLOCK],
+}
+
+impl<T: Float> BlockPowers<T> {
+    pub fn new(c: f64) -> Self {
+        let pow = |k: usize| T::from_f64(c.powi(k as i32));
+        Self {
+            cols: std::array::from_fn(|b| std::array::from_fn(|a| if b >= a { pow(b - a) } else { T::ZERO })),
+            carry: std::array::from_fn(|a| pow(BLOCK - a)),
+        }
+    }
+}
+
+/// Writes advantages and returns of a dense segment; `boot` is the value after
+/// its last position. Returns false if any output is NaN or infinite.
+pub fn dense_gae<T: Float>(
+    rew: &[T],
+    val: &[T],
+    boot: T,
+    gamma: T,
+    c: T,
+    powers: &BlockPowers<T>,
+    adv: &mut [T],
+    ret: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports the features `dense_gae_avx2` is compiled for.
+            return unsafe { dense_gae_avx2(rew, val, boot, gamma, c, powers, adv, ret) };
+        }
+    }
+    dense_gae_impl::<T, false>(rew, val, boot, gamma, c, powers, adv, ret)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense_gae_avx2<T: Float>(
+    rew: &[T],
+    val: &[T],
+    boot: T,
+    gamma: T,
+    c: T,
+    powers: &BlockPowers<T>,
+    adv: &mut [T],
+    ret: &mut [T],
+) -> bool {
+    dense_gae_impl::<T, true>(rew, val, boot, gamma, c, powers, adv, ret)
+}
+
+#[inline(always)]
+fn dense_gae_impl<T: Float, const FUSED: bool>(
+    rew: &[T],
+    val: &[T],
+    boot: T,
+    gamma: T,
+    c: T,
+    powers: &BlockPowers<T>,
+    adv: &mut [T],
+    ret: &mut [T],
+) -> bool {
+    let n = rew.len();
+    assert!(val.len() == n && adv.len() == n && ret.len() == n);
+    let blocked = n - n % BLOCK;
+    let (mut next_v, mut next_a) = (boot, T::ZERO);
+    // Stays 0 while every output is finite.
+    let mut poison = [T::ZERO; BLOCK];
+    // The tail that does not fill a block runs first, step by step.
+    for t in (blocked..n).rev() {
+        let (r, v) = (rew[t], val[t]);
+        let a = c.mul_add_if::<FUSED>(next_a, r + gamma * next_v - v);
+        adv[t] = a;
+        ret[t] = a + v;
+        poison[0] = poison[0] + a.poison() + ret[t].poison();
+        next_v = v;
+        next_a = a;
+    }
+    for start in (0..blocked).step_by(BLOCK).rev() {
+        let r: &[T; BLOCK] = rew[start..start + BLOCK].try_into().expect("block");
+        let v: &[T; BLOCK] = val[start..start + BLOCK].try_into().expect("block");
+        let delta: [T; BLOCK] = std::array::from_fn(|a| {
+            let v_next = if a + 1 < BLOCK { v[a + 1] } else { next_v };
+            gamma.mul_add_if::<FUSED>(v_next, r[a]) - v[a]
+        });
+        let mut y = [T::ZERO; BLOCK];
+        for (col, &d) in powers.cols.iter().zip(&delta) {
+            for a in 0..BLOCK {
+                y[a] = col[a].mul_add_if::<FUSED>(d, y[a]);
+            }
+        }
+        let out_a: &mut [T; BLOCK] = (&mut adv[start..start + BLOCK]).try_into().expect("block");
+        let out_r: &mut [T; BLOCK] = (&mut ret[start..start + BLOCK]).try_into().expect("block");
+        for a in 0..BLOCK {
+            let x = powers.carry[a].mul_add_if::<FUSED>(next_a, y[a]);
+            out_a[a] = x;
+            out_r[a] = x + v[a];
+            poison[a] = poison[a] + x.poison() + out_r[a].poison();
+        }
+        next_a = out_a[0];
+        next_v = v[0];
+    }
+    poison.iter().all(|&p| p == T::ZERO)
+}
+
+/// Where the ones of a 0/1 mask lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskShape {
+    /// All ones form one run `start..end` (empty when `start == end`).
+    Run(usize, usize),
+    /// Ones with zeros between them (holes).
+    Holes,
+    /// A byte other than 0 and 1.
+    Invalid,
+}
+
+/// Classifies a mask in vectorised passes (a sum and an OR over the bytes).
+pub fn mask_shape(mask: &[u8]) -> MaskShape {
+    let (ones, flags) = mask.iter().fold((0usize, 0u8), |(n, f), &m| (n + usize::from(m), f | m));
+    if flags > 1 {
+        return MaskShape::Invalid;
+    }
+    if ones == 0 {
+        return MaskShape::Run(0, 0);
+    }
+    let start = first_nonzero(mask);
+    let end = start + ones;
+    if end <= mask.len() && mask[start..end].iter().map(|&m| usize::from(m)).sum::<usize>() == ones {
+        MaskShape::Run(start, end)
+    } else {
+        MaskShape::Holes
+    }
+}
+
+fn first_nonzero(mask: &[u8]) -> usize {
+    let mut words = mask.chunks_exact(16);
+    let mut base = 0;
+    for w in words.by_ref() {
+        if w.iter().fold(0u8, |f, &m| f | m) != 0 {
+            return base + w.iter().position(|&m| m != 0).expect("word has a nonzero byte");
+        }
+        base += 16;
+    }
+    base + words.remainder().iter().position(|&m| m != 0).unwrap_or(words.remainder().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_matches_step_by_step() {
+        for n in [0usize, 1, 7, 8, 9, 16, 29, 100] {
+            let r: Vec<f64> = (0..n).map(|i| ((i * 37) % 11) as f64 - 5.0).collect();
+            let v: Vec<f64> = (0..n).map(|i| ((i * 13) % 7) as f64 * 0.5).collect();
+            let (g, l, boot) = (0.99, 0.9, 1.5);
+            let (mut a, mut rt) = (vec![0.0; n], vec![0.0; n]);
+            assert!(dense_gae(&r, &v, boot, g, g * l, &BlockPowers::new(g * l), &mut a, &mut rt));
+            let (mut nv, mut na) = (boot, 0.0);
+            for t in (0..n).rev() {
+                let e = r[t] + g * nv - v[t] + g * l * na;
+                assert!((a[t] - e).abs() < 1e-9, "n={n} t={t}: {} vs {e}", a[t]);
+                assert!((rt[t] - (e + v[t])).abs() < 1e-9);
+                nv = v[t];
+                na = e;
+            }
+        }
+    }
+
+    #[test]
+    fn flags_non_finite_outputs() {
+        let r = vec![1.0f32; 20];
+        let mut v = vec![0.0f32; 20];
+        v[3] = f32::INFINITY;
+        let (mut a, mut rt) = (vec![0.0; 20], vec![0.0; 20]);
+        assert!(!dense_gae(&r, &v, 0.0, 1.0, 1.0, &BlockPowers::new(1.0), &mut a, &mut rt));
+    }
+
+    #[test]
+    fn classifies_masks() {
+        assert_eq!(mask_shape(&[0, 0, 1, 1, 0]), MaskShape::Run(2, 4));
+        assert_eq!(mask_shape(&[0; 40]), MaskShape::Run(0, 0));
+        assert_eq!(mask_shape(&[1, 0, 1]), MaskShape::Holes);
+        assert_eq!(mask_shape(&[1, 2]), MaskShape::Invalid);
+        let mut long = vec![0u8; 50];
+        long[33..47].fill(1);
+        assert_eq!(mask_shape(&long), MaskShape::Run(33, 47));
+    }
+}
