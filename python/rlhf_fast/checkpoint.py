@@ -99,7 +99,7 @@ def _rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": {
             "kind": np_kind,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
             "pos": int(np_pos),
             "has_gauss": int(np_has_gauss),
             "cached_gaussian": float(np_gauss),

@@ -119,11 +119,11 @@ def _analyse(owner: type, name: str, annotation: Any) -> tuple[Any, bool, type |
     sequence = None
     origin = typing.get_origin(tp)
     if origin in (list, tuple, Sequence):
-        args = typing.get_args(tp)
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        item_args = typing.get_args(tp)
+        if origin is tuple and not (len(item_args) == 2 and item_args[1] is Ellipsis):
             raise ConfigError(f"{owner.__name__}.{name}: use tuple[X, ...], got {annotation!r}")
         sequence = tuple if origin is tuple else list
-        tp = args[0] if args else str
+        tp = item_args[0] if item_args else str
     scalar = tp in (int, float, str, bool, Path) or typing.get_origin(tp) is Literal
     if not scalar and not (dataclasses.is_dataclass(tp) and sequence is None and not optional):
         raise ConfigError(f"{owner.__name__}.{name}: unsupported field type {annotation!r}")
@@ -409,7 +409,7 @@ def _normalise_keys(
         if key in out:
             raise ConfigError(f"{source}: key {prefix + key!r} is given twice (with '-' and '_')")
         base = _analyse(cls, key, hints[key])[0]
-        if dataclasses.is_dataclass(base):
+        if isinstance(base, type) and dataclasses.is_dataclass(base):
             value = _normalise_keys(base, value, source, prefix=prefix + key + ".")
         out[key] = value
     return out
