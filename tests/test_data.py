@@ -226,3 +226,10 @@ def test_load_sft_examples_forms_and_errors(tmp_path):
         load_sft_examples([{"text": " "}])
     with pytest.raises(DataValidationError, match=r"row 0: field 'response': expected a string"):
         load_sft_examples([{"prompt": "Q", "response": ["a"]}])
+
+
+def test_unreadable_parquet_is_reported(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(InvalidArgumentError, match=r"broken\.parquet: not a readable Parquet file"):
+        load_preference_pairs(path)

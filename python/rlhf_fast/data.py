@@ -90,9 +90,7 @@ class DataValidationError(InvalidArgumentError):
     and ``reason``.
     """
 
-    def __init__(
-        self, source: str, unit: str, index: int, field: str | None, reason: str
-    ) -> None:
+    def __init__(self, source: str, unit: str, index: int, field: str | None, reason: str) -> None:
         self.source = source
         self.unit = unit
         self.index = index
@@ -213,9 +211,17 @@ def _open_source(source: DataSource) -> tuple[str, str, Iterator[tuple[int, Any]
 
 
 def _read_parquet(path: Path) -> Any:
-    import datasets  # heavy import, only when a Parquet file is read
+    # Heavy imports, only when a Parquet file is read. The Arrow table is wrapped in a
+    # datasets.Dataset directly: Dataset.from_parquet would leave a cache entry behind
+    # in ~/.cache/huggingface for every file read.
+    import datasets
+    import pyarrow.parquet as pq
 
-    return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise InvalidArgumentError(f"{path}: not a readable Parquet file: {exc}") from None
+    return datasets.Dataset(table)
 
 
 def _iter_rows(rows: Iterable[Any]) -> Iterator[tuple[int, Any]]:
