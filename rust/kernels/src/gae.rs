@@ -129,39 +129,58 @@ impl<T: Float> RowContext<'_, '_, T> {
         let mask = self.inp.mask.map(|m| &m[s..e]);
         let dones = self.inp.dones.map(|d| &d[s..e]);
         let boot = self.inp.bootstrap_values.map_or(T::ZERO, |b| b[row]);
-        // A row whose tokens form one run (no holes, no episode ends) takes the
-        // blocked, vectorised path; anything else the exact step-by-step loop.
-        let run = match (mask, dones) {
-            (None, None) => Some((0, rew.len())),
+        // Without episode ends, the tokens of a row are one dense sequence once the
+        // padding and holes are cut out: that goes through the blocked, vectorised
+        // recursion (so padded and packed rows give the same bits). Rows with
+        // episode ends take the exact step-by-step loop.
+        let finite = match (mask, dones) {
+            (None, None) => {
+                dense_gae(rew, val, boot, self.gamma, self.gamma_lam, &self.powers, adv, ret)
+            }
             (Some(m), None) => match mask_shape(m) {
-                MaskShape::Run(a, b) => Some((a, b)),
-                MaskShape::Holes => None,
+                MaskShape::Run(a, b) => {
+                    adv[..a].fill(T::ZERO);
+                    ret[..a].fill(T::ZERO);
+                    adv[b..].fill(T::ZERO);
+                    ret[b..].fill(T::ZERO);
+                    let (ra, rr) = (&mut adv[a..b], &mut ret[a..b]);
+                    dense_gae(&rew[a..b], &val[a..b], boot, self.gamma, self.gamma_lam, &self.powers, ra, rr)
+                }
+                MaskShape::Holes => self.compacted(rew, val, m, boot, adv, ret),
                 MaskShape::Invalid => return Err((row, self.bad_flags(row))),
             },
-            (_, Some(_)) => None,
-        };
-        let finite = if let Some((a, b)) = run {
-            adv[..a].fill(T::ZERO);
-            ret[..a].fill(T::ZERO);
-            adv[b..].fill(T::ZERO);
-            ret[b..].fill(T::ZERO);
-            dense_gae(&rew[a..b], &val[a..b], boot, self.gamma, self.gamma_lam, &self.powers, &mut adv[a..b], &mut ret[a..b])
-        } else {
-            let flags = match (mask, dones) {
-                (Some(m), Some(d)) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
-                (Some(m), None) => self.sweep::<true, false>(rew, val, m, &[], boot, adv, ret),
-                (None, Some(d)) => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
-                (None, None) => self.sweep::<false, false>(rew, val, &[], &[], boot, adv, ret),
-            };
-            if flags > 1 {
-                return Err((row, self.bad_flags(row)));
+            (_, Some(d)) => {
+                let flags = match mask {
+                    Some(m) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
+                    None => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
+                };
+                if flags > 1 {
+                    return Err((row, self.bad_flags(row)));
+                }
+                !self.params.check_finite || !(any_non_finite(adv) || any_non_finite(ret))
             }
-            !self.params.check_finite || !(any_non_finite(adv) || any_non_finite(ret))
         };
         if self.params.check_finite && !finite {
             return Err((row, self.non_finite(row)));
         }
         Ok(())
+    }
+
+    /// GAE over the masked positions of a row with holes: gather them into a
+    /// dense sequence, run the blocked recursion, scatter back.
+    fn compacted(&self, rew: &[T], val: &[T], mask: &[u8], boot: T, adv: &mut [T], ret: &mut [T]) -> bool {
+        let positions: Vec<usize> = (0..mask.len()).filter(|&t| mask[t] != 0).collect();
+        let r: Vec<T> = positions.iter().map(|&t| rew[t]).collect();
+        let v: Vec<T> = positions.iter().map(|&t| val[t]).collect();
+        let (mut a, mut rt) = (vec![T::ZERO; positions.len()], vec![T::ZERO; positions.len()]);
+        let finite = dense_gae(&r, &v, boot, self.gamma, self.gamma_lam, &self.powers, &mut a, &mut rt);
+        adv.fill(T::ZERO);
+        ret.fill(T::ZERO);
+        for (k, &t) in positions.iter().enumerate() {
+            adv[t] = a[k];
+            ret[t] = rt[k];
+        }
+        finite
     }
 
     /// The backward recursion over one row; returns the OR of every mask/done
