@@ -190,3 +190,85 @@ def test_real_command_print_config_round_trips(tmp_path, capsys):
     path.write_text(capsys.readouterr().out)
     config_cls, _, _ = COMMANDS["demo"].load()
     assert load_config(config_cls, path).output_dir == str(tmp_path / "d")
+
+
+# ------------------------------------------- end to end through the CLI (slow)
+TINY_PIPELINE = """
+model = "tiny-gpt2"
+tokenizer = "demo-words"
+device = "cpu"
+[sft]
+max_steps = 3
+batch_size = 8
+warmup_steps = 1
+log_every = 1
+progress = false
+[reward]
+max_steps = 3
+batch_size = 8
+warmup_steps = 1
+eval_every = 3
+log_every = 1
+progress = false
+[ppo]
+max_steps = 2
+rollout_batch_size = 8
+minibatch_size = 4
+ppo_epochs = 1
+max_new_tokens = 6
+save_every = 1
+progress = false
+"""
+
+
+def write_tiny_task_data(directory) -> dict[str, str]:
+    import json as json_lib
+
+    from rlhf_fast.demo.task import gold_score, make_prompts, make_sft_corpus
+
+    sft = make_sft_corpus(64, seed=0)
+    files = {"sft": directory / "sft.jsonl", "prefs": directory / "prefs.parquet"}
+    files["sft"].write_text("".join(json_lib.dumps(r) + "\n" for r in sft))
+    prompts = directory / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json_lib.dumps({"prompt": p}) + "\n" for p in make_prompts(16, seed=1))
+    )
+    pairs = []
+    for first, second in zip(sft[0::2], sft[1::2]):
+        gold = gold_score([first["response"], second["response"]], [first["prompt"]] * 2)
+        pairs.append(
+            {
+                "prompt": first["prompt"],
+                "candidate_0": first["response"],
+                "candidate_1": second["response"],
+                "choice": int(gold[1] > gold[0]),
+            }
+        )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(pairs), files["prefs"])
+    return {"sft": str(files["sft"]), "prefs": str(files["prefs"]), "prompts": str(prompts)}
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
+    from rlhf_fast.metrics import read_jsonl
+
+    data = write_tiny_task_data(tmp_path)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_PIPELINE)
+    run = tmp_path / "run"
+    argv = ["pipeline", "--config", str(config), "--output-dir", str(run),
+            "--sft-data", data["sft"], "--preference-data", data["prefs"],
+            "--prompts", data["prompts"]]  # fmt: skip
+    assert main(argv) == 0
+    for stage in ("sft", "reward", "ppo"):
+        assert read_jsonl(run / stage / "metrics" / f"{stage}.jsonl"), stage
+        assert (run / stage / "plots" / f"{stage}.png").is_file(), stage
+    assert [r["step"] for r in read_jsonl(run / "ppo" / "metrics" / "ppo.jsonl")] == [1, 2]
+    assert load_config(COMMANDS["pipeline"].load()[0], run / "config.toml").ppo.max_steps == 2
+
+    # Resume: finished stages are skipped, PPO continues from its step-2 checkpoint.
+    assert main([*argv, "--resume", "--ppo.max-steps", "3"]) == 0
+    assert [r["step"] for r in read_jsonl(run / "ppo" / "metrics" / "ppo.jsonl")] == [1, 2, 3]
