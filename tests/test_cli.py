@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ def toy_commands(seen: list):
             load_preference_pairs(config.data)
         if config.steps == 13:
             raise RuntimeError("a genuine bug")
+        return {"steps_done": config.steps}
 
     return {
         "toy": LocalCommand("A toy.", "", "", "", config=ToyConfig, run=run),
@@ -110,6 +112,7 @@ def test_file_then_flags_and_config_dump(tmp_path, capsys):
     ]
     # The resolved config is saved next to the outputs and loads back to the same thing.
     assert load_config(ToyConfig, tmp_path / "run" / "config.toml") == seen[0]
+    assert json.loads(capsys.readouterr().out) == {"steps_done": 5}  # the stage's summary
 
     assert (
         main(["toy", "--config", str(config_file), "--print-config"], commands=toy_commands(seen))

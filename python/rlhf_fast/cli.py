@@ -9,7 +9,8 @@ line override the file::
     rlhf-fast ppo --config configs/ppo.toml --ppo.kl-coef 0.1   # (pipeline: nested keys)
     rlhf-fast ppo --print-config > my_ppo.toml                  # a documented config file
 
-The resolved config is saved as ``<output_dir>/config.toml`` before the stage runs.
+The resolved config is saved as ``<output_dir>/config.toml`` before the stage runs, and
+the summary the stage returns is printed as JSON on stdout when it ends.
 Bad input (a config key, a data record, a missing file) ends with one line on stderr
 and exit code 2 (config and usage errors) or 1 (everything else); ``--debug`` shows
 the traceback instead. Stage modules are imported only when their subcommand runs, so
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -272,7 +274,9 @@ def _run_command(name: str, command: Command, argv: list[str], *, debug: bool) -
     output_dir = getattr(config, "output_dir", None)
     if output_dir:
         dump_config(config, Path(output_dir) / "config.toml")
-    run(config)
+    result = run(config)
+    if isinstance(result, Mapping):  # the stage's summary, for people and for scripts
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 
