@@ -40,6 +40,7 @@ class StageConfig:
     )
     target_kl: Optional[float] = field(default=None, metadata={"help": "Adaptive KL target."})  # noqa: UP045 (the typing spelling must work)
     estimator: Literal["k1", "k2", "k3"] = field(default="k1", metadata={"help": "KL estimator."})
+    whiten: bool = field(default=True, metadata={"help": "Whiten advantages."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimizer."})
 
 
@@ -104,6 +105,9 @@ def test_defaults_and_every_flag_kind():
     assert parse(["--progress"]).progress is True
     assert parse(["--no-progress", "--progress"]).progress is True  # the last flag wins
     assert parse(["--ppo.target-kl", "none"]).ppo.target_kl is None
+    for flag, expected in [("--ppo.no-whiten", False), ("--no-ppo.whiten", False),
+                           ("--ppo.no_whiten", False), ("--ppo.whiten", True)]:  # fmt: skip
+        assert parse(["--ppo.no-whiten", flag]).ppo.whiten is expected, flag
 
 
 @pytest.mark.parametrize(
@@ -124,7 +128,7 @@ def test_bad_flag_values_name_the_option(argv, message):
 def test_help_comes_from_the_field_metadata():
     text = make_parser().format_help()
     assert "--output-dir STR" in text and "Where outputs go. (default: runs/x)" in text
-    assert "--progress, --no-progress" in text
+    assert "--progress, --no-progress" in text and "--ppo.whiten, --ppo.no-whiten" in text
     assert "--ppo.kl-coef FLOAT" in text and "100% per token" in text
     assert "--ppo.target-kl FLOAT|none" in text and "(default: none)" in text
     assert "--ppo.estimator {k1,k2,k3}" in text
@@ -265,7 +269,7 @@ def test_render_config_round_trips_and_documents(tmp_path):
 def test_markdown_table_lists_every_option():
     table = render_config_markdown(RunConfig)
     assert "| `--ppo.optim.lr` | float | `0.0001` | Learning rate (AdamW). |" in table
-    assert table.count("\n") == 2 + 10  # header, rule, ten leaf options
+    assert table.count("\n") == 2 + 11  # header, rule, eleven leaf options
 
 
 @dataclass

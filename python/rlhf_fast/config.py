@@ -285,6 +285,44 @@ def option_strings(name: str) -> list[str]:
     return [dashed] if dashed == plain else [dashed, plain]
 
 
+def _bool_option_strings(name: str) -> tuple[list[str], list[str], frozenset[str]]:
+    """Spellings of a boolean flag: ``(shown, hidden aliases, negative ones)``.
+
+    ``"sft.skip_invalid"`` is shown as ``--sft.skip-invalid`` / ``--sft.no-skip-invalid``;
+    ``--no-sft.skip-invalid`` and the underscore spellings work too.
+    """
+    *parents, leaf = name.split(".")
+    prefix = "".join(part + "." for part in parents)
+    positives = option_strings(name)
+    negatives: list[str] = []
+    for leaf_spelling in dict.fromkeys((leaf.replace("_", "-"), leaf)):
+        for no in ("no-", "no_"):
+            negatives.append(f"--{prefix.replace('_', '-')}{no}{leaf_spelling}")
+            negatives.append(f"--{prefix}{no}{leaf_spelling}")
+            negatives.append(f"--{no}{prefix.replace('_', '-')}{leaf_spelling}")
+            negatives.append(f"--{no}{prefix}{leaf_spelling}")
+    negatives = list(dict.fromkeys(negatives))
+    shown = [positives[0], negatives[0]]
+    hidden = [s for s in positives[1:] + negatives[1:] if s not in shown]
+    return shown, hidden, frozenset(negatives)
+
+
+class _BoolFlag(argparse.Action):
+    """``--flag`` sets True, any of its negative spellings sets False."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, negatives: frozenset[str], **kwargs: Any
+    ):
+        self.negatives = negatives
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None):
+        setattr(namespace, self.dest, option_string not in self.negatives)
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
 def _format_default(value: Any) -> str:
     if value is None:
         return "none"
@@ -334,7 +372,12 @@ def add_config_arguments(
         names = option_strings(spec.name)
         kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
         if spec.base is bool and spec.sequence is None and not spec.optional:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            shown, hidden, negatives = _bool_option_strings(spec.name)
+            kwargs["action"] = _BoolFlag
+            kwargs["negatives"] = negatives
+            group.add_argument(*shown, help=help_text, **kwargs)
+            group.add_argument(*hidden, help=argparse.SUPPRESS, **kwargs)
+            continue
         else:
             kwargs["type"] = _cli_type(spec)
             if spec.sequence is not None:
