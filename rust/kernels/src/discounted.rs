@@ -33,48 +33,19 @@ impl<T: Float> BlockPowers<T> {
     }
 }
 
-/// Writes advantages and returns of a dense segment; `boot` is the value after
-/// its last position. Returns false if any output is NaN or infinite.
-pub fn dense_gae<T: Float>(
-    rew: &[T],
-    val: &[T],
-    boot: T,
-    gamma: T,
-    c: T,
-    powers: &BlockPowers<T>,
-    adv: &mut [T],
-    ret: &mut [T],
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports the features `dense_gae_avx2` is compiled for.
-            return unsafe { dense_gae_avx2(rew, val, boot, gamma, c, powers, adv, ret) };
-        }
-    }
-    dense_gae_impl::<T, false>(rew, val, boot, gamma, c, powers, adv, ret)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dense_gae_avx2<T: Float>(
-    rew: &[T],
-    val: &[T],
-    boot: T,
-    gamma: T,
-    c: T,
-    powers: &BlockPowers<T>,
-    adv: &mut [T],
-    ret: &mut [T],
-) -> bool {
-    dense_gae_impl::<T, true>(rew, val, boot, gamma, c, powers, adv, ret)
+crate::simd::multiversion! {
+    /// Writes advantages and returns of a dense segment; `boot` is the value after
+    /// its last position. Returns false if any output is NaN or infinite.
+    pub fn dense_gae<T: Float>(
+        rew: &[T],
+        val: &[T],
+        boot: T,
+        gamma: T,
+        c: T,
+        powers: &BlockPowers<T>,
+        adv: &mut [T],
+        ret: &mut [T],
+    ) -> bool => dense_gae_impl
 }
 
 #[inline(always)]

@@ -169,16 +169,26 @@ impl<T: Float> RowContext<'_, '_, T> {
     /// GAE over the masked positions of a row with holes: gather them into a
     /// dense sequence, run the blocked recursion, scatter back.
     fn compacted(&self, rew: &[T], val: &[T], mask: &[u8], boot: T, adv: &mut [T], ret: &mut [T]) -> bool {
-        let positions: Vec<usize> = (0..mask.len()).filter(|&t| mask[t] != 0).collect();
-        let r: Vec<T> = positions.iter().map(|&t| rew[t]).collect();
-        let v: Vec<T> = positions.iter().map(|&t| val[t]).collect();
-        let (mut a, mut rt) = (vec![T::ZERO; positions.len()], vec![T::ZERO; positions.len()]);
-        let finite = dense_gae(&r, &v, boot, self.gamma, self.gamma_lam, &self.powers, &mut a, &mut rt);
-        adv.fill(T::ZERO);
-        ret.fill(T::ZERO);
-        for (k, &t) in positions.iter().enumerate() {
-            adv[t] = a[k];
-            ret[t] = rt[k];
+        // Branch-free stream compaction: always write, advance by the mask bit.
+        let n = mask.len();
+        let (mut r, mut v) = (vec![T::ZERO; n + 1], vec![T::ZERO; n + 1]);
+        let mut k = 0;
+        for t in 0..n {
+            r[k] = rew[t];
+            v[k] = val[t];
+            k += usize::from(mask[t]);
+        }
+        let (mut a, mut rt) = (vec![T::ZERO; k], vec![T::ZERO; k]);
+        let finite = dense_gae(&r[..k], &v[..k], boot, self.gamma, self.gamma_lam, &self.powers, &mut a, &mut rt);
+        a.push(T::ZERO);
+        rt.push(T::ZERO);
+        let mut k = 0;
+        for t in 0..n {
+            // Masked-out positions read the spare 0 at the end (index k < len).
+            let on = mask[t] != 0;
+            adv[t] = if on { a[k] } else { T::ZERO };
+            ret[t] = if on { rt[k] } else { T::ZERO };
+            k += usize::from(on);
         }
         finite
     }

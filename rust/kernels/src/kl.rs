@@ -44,7 +44,7 @@ impl Estimator {
             Self::K1 => lr,
             Self::Abs => lr.abs(),
             Self::K2 => T::HALF * lr * lr,
-            Self::K3 => (-lr).exp() - T::ONE + lr,
+            Self::K3 => (-lr).exp_vec() - T::ONE + lr,
         }
     }
 }
@@ -109,20 +109,42 @@ pub fn kl_shaped_rewards<T: Float>(
     }
     let tasks: Vec<_> = rew_rows.into_iter().zip(kl_rows).enumerate().collect();
     parallel::run(inp.logprobs.len(), |par| {
-        parallel::try_for_each(tasks, par, |(row, (rew, kl))| match params.estimator {
-            // One monomorphised loop per estimator keeps the inner loop branch-free.
-            Estimator::K1 => shape_row(inp, params, row, ranges[row], rew, kl, |lr: T| lr),
-            Estimator::Abs => shape_row(inp, params, row, ranges[row], rew, kl, |lr: T| lr.abs()),
-            Estimator::K2 => shape_row(inp, params, row, ranges[row], rew, kl, |lr: T| T::HALF * lr * lr),
-            Estimator::K3 => {
-                shape_row(inp, params, row, ranges[row], rew, kl, |lr: T| (-lr).exp() - T::ONE + lr)
-            }
-        })
+        parallel::try_for_each(tasks, par, |(row, (rew, kl))| shape_row(inp, params, row, ranges[row], rew, kl))
     })
 }
 
-#[inline]
-fn shape_row<T: Float>(
+crate::simd::multiversion! {
+    /// Shapes one row (see the module docs).
+    fn shape_row<T: Float>(
+        inp: &KlInputs<'_, T>,
+        params: &KlParams,
+        row: usize,
+        range: (usize, usize),
+        rew: &mut [T],
+        kl: &mut [T],
+    ) -> std::result::Result<(), RowError> => shape_row_impl
+}
+
+#[inline(always)]
+fn shape_row_impl<T: Float, const FUSED: bool>(
+    inp: &KlInputs<'_, T>,
+    params: &KlParams,
+    row: usize,
+    range: (usize, usize),
+    rew: &mut [T],
+    kl: &mut [T],
+) -> std::result::Result<(), RowError> {
+    // One monomorphised loop per estimator keeps the inner loop branch-free.
+    match params.estimator {
+        Estimator::K1 => shape_with(inp, params, row, range, rew, kl, |lr: T| lr),
+        Estimator::Abs => shape_with(inp, params, row, range, rew, kl, |lr: T| lr.abs()),
+        Estimator::K2 => shape_with(inp, params, row, range, rew, kl, |lr: T| T::HALF * lr * lr),
+        Estimator::K3 => shape_with(inp, params, row, range, rew, kl, |lr: T| (-lr).exp_vec() - T::ONE + lr),
+    }
+}
+
+#[inline(always)]
+fn shape_with<T: Float>(
     inp: &KlInputs<'_, T>,
     params: &KlParams,
     row: usize,
@@ -136,7 +158,9 @@ fn shape_row<T: Float>(
     let neg_coef = T::from_f64(-params.kl_coef);
     let (lo, hi) = params.clamp.map_or((T::ZERO, T::ZERO), |c| (T::from_f64(-c), T::from_f64(c)));
     let clamp = params.clamp.is_some();
-    let mut last = None;
+    // One past the last position that takes part (0: none); a max-reduction, so
+    // the loop still vectorises.
+    let mut last_end = 0usize;
     match inp.mask.map(|m| &m[start..end]) {
         Some(mask) => {
             let mut seen = 0u8;
@@ -151,9 +175,7 @@ fn shape_row<T: Float>(
                 let on = m != 0;
                 *k = if on { e } else { T::ZERO };
                 *r = if on { neg_coef * e } else { T::ZERO };
-                if on {
-                    last = Some(t);
-                }
+                last_end = last_end.max((t + 1) * usize::from(on));
             }
             if seen > 1 {
                 let i = mask.iter().position(|&m| m > 1).expect("seen a flag > 1");
@@ -176,10 +198,10 @@ fn shape_row<T: Float>(
                 *k = e;
                 *r = neg_coef * e;
             }
-            last = (end > start).then(|| end - start - 1);
+            last_end = end - start;
         }
     }
-    if let Some(t) = last {
+    if let Some(t) = last_end.checked_sub(1) {
         rew[t] = rew[t] + inp.scores[row];
     }
     if params.check_finite && (any_non_finite(kl) || any_non_finite(rew)) {

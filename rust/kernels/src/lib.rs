@@ -20,6 +20,7 @@ pub mod kl;
 pub mod layout;
 pub mod parallel;
 pub mod random;
+pub mod simd;
 pub mod whiten;
 
 pub use error::{ErrorKind, KernelError};

@@ -59,8 +59,14 @@ fn take<T: Float>(x: T, m: u8) -> f64 {
     }
 }
 
-/// Moments of one block; four accumulators so the sums vectorise.
-fn block_moments<T: Float>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) {
+crate::simd::multiversion! {
+    /// Moments of one block and the OR of its mask bytes.
+    fn block_moments<T: Float>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) => block_moments_impl
+}
+
+/// Four accumulators so the sums vectorise.
+#[inline(always)]
+fn block_moments_impl<T: Float, const FUSED: bool>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) {
     let mut sums = [0.0f64; 4];
     let mut counts = [0u64; 4];
     let mut flags = 0u8;
@@ -197,19 +203,8 @@ pub fn masked_whiten<T: Float>(
     let apply = |(b, chunk): (usize, &mut [T])| {
         let start = b * BLOCK;
         let xs = &x[start..start + chunk.len()];
-        match mask {
-            Some(m) => {
-                let ms = &m[start..start + chunk.len()];
-                for ((o, &xv), &mv) in chunk.iter_mut().zip(xs).zip(ms) {
-                    *o = if mv != 0 { (xv - mean) * scale + shift_back } else { T::ZERO };
-                }
-            }
-            None => {
-                for (o, &xv) in chunk.iter_mut().zip(xs) {
-                    *o = (xv - mean) * scale + shift_back;
-                }
-            }
-        }
+        let ms = mask.map(|m| &m[start..start + chunk.len()]);
+        whiten_block(xs, ms, mean, scale, shift_back, chunk);
     };
     parallel::run(x.len(), |par| {
         if par {
@@ -219,6 +214,34 @@ pub fn masked_whiten<T: Float>(
         }
     });
     Ok(moments)
+}
+
+crate::simd::multiversion! {
+    /// `(x - mean) * scale + shift_back` where masked, 0 elsewhere.
+    fn whiten_block<T: Float>(x: &[T], mask: Option<&[u8]>, mean: T, scale: T, shift_back: T, out: &mut [T]) -> () => whiten_block_impl
+}
+
+#[inline(always)]
+fn whiten_block_impl<T: Float, const FUSED: bool>(
+    x: &[T],
+    mask: Option<&[u8]>,
+    mean: T,
+    scale: T,
+    shift_back: T,
+    out: &mut [T],
+) {
+    match mask {
+        Some(m) => {
+            for ((o, &xv), &mv) in out.iter_mut().zip(x).zip(m) {
+                *o = if mv != 0 { (xv - mean).mul_add_if::<FUSED>(scale, shift_back) } else { T::ZERO };
+            }
+        }
+        None => {
+            for (o, &xv) in out.iter_mut().zip(x) {
+                *o = (xv - mean).mul_add_if::<FUSED>(scale, shift_back);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
