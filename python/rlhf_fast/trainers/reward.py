@@ -1,0 +1,216 @@
+"""Reward model: Bradley-Terry loss on preference pairs, accuracy on held-out pairs.
+
+    rlhf-fast train-reward --model runs/sft/model --data prefs.jsonl --output-dir runs/rm
+
+Loss per pair: ``-log sigmoid(r(x, y_chosen) - r(x, y_rejected) - margin)``. The trunk
+starts from ``model`` (usually the SFT model), the scalar head is new and reads the
+last token (the ``<eos>`` appended to every response, as the policy writes it). Held-out
+pairs come from ``eval_data`` or, when that is empty, the last ``eval_fraction`` of ``data``.
+At the end the mean and std of the scores on held-out responses are stored with the model
+so PPO can normalise them. Writes ``output_dir/model``, metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_fast.errors import InvalidArgumentError
+from rlhf_fast.models import RewardModel, load_causal_lm
+from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers.losses import bradley_terry_loss
+from rlhf_fast.trainers.runtime import (
+    autocast,
+    encode_text,
+    pad_rows,
+    resolve_device,
+    seed_everything,
+    with_instruction,
+)
+from rlhf_fast.trainers.sft import _default_tokenizer, lr_lambda
+
+
+@dataclass
+class RewardConfig:
+    """Bradley-Terry reward model training on preference pairs."""
+
+    output_dir: str = field(default="runs/reward", metadata={"help": "Directory for the model, metrics and checkpoints."})
+    seed: int = field(default=0, metadata={"help": "Random seed (head init, split, data order)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    model: str = field(default="tiny-gpt2", metadata={"help": "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name."})
+    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."})
+    data: str = field(default="", metadata={"help": "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}."})
+    eval_data: str = field(default="", metadata={"help": "Held-out pairs; empty: split eval_fraction off data."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of data held out when eval_data is empty."})
+    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed records (and report how many) instead of stopping."})
+    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
+    max_steps: int = field(default=300, metadata={"help": "Reward-model training steps."})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    lr_multiplier: float = field(default=1.0, metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
+    margin: float = field(default=0.0, metadata={"help": "Margin m in -log sigmoid(r_w - r_l - m)."})
+    max_length: int = field(default=96, metadata={"help": "Longest prompt + response in tokens (longer ones keep their end)."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
+    eval_every: int = field(default=100, metadata={"help": "Evaluate held-out accuracy every this many steps (and at the end)."})
+    log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
+    save_every: int = field(default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
+    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
+    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard event files."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+
+class RewardTrainer:
+    """Owns the reward model, optimizer and pairs of one run; ``train()`` runs it."""
+
+    def __init__(self, config: RewardConfig, pairs: Optional[list[Any]] = None,
+                 eval_pairs: Optional[list[Any]] = None) -> None:
+        if config.max_steps < 1 or config.batch_size < 1:
+            raise InvalidArgumentError(
+                f"max_steps, batch_size: expected >= 1, got {config.max_steps}, {config.batch_size}"
+            )
+        self.config = config
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        self.tokenizer = load_tokenizer(config.tokenizer or _default_tokenizer(config.model))
+        lm = load_causal_lm(config.model, self.tokenizer, seed=config.seed)
+        self.model = RewardModel.from_causal_lm(lm).to(self.device)
+        if pairs is None:
+            from rlhf_fast.data import load_preference_pairs
+
+            if not config.data:
+                raise InvalidArgumentError("data: expected a path to preference pairs, got ''")
+            pairs = load_preference_pairs(config.data, skip_invalid=config.skip_invalid)
+            if config.eval_data:
+                eval_pairs = load_preference_pairs(config.eval_data, skip_invalid=config.skip_invalid)
+        if eval_pairs is None:
+            n_eval = int(round(len(pairs) * config.eval_fraction))
+            pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval :]
+        if len(pairs) == 0:
+            raise InvalidArgumentError("data: expected at least one training pair, got none")
+        self.train_rows = [self._encode(p) for p in pairs]  # (chosen ids, rejected ids)
+        self.eval_rows = [self._encode(p) for p in eval_pairs]
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate * config.lr_multiplier,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.warmup_steps, config.max_steps)
+        )
+        self.step = 0
+
+    def _encode(self, pair: Any) -> tuple[list[int], list[int]]:
+        prompt = encode_text(self.tokenizer, with_instruction(pair.prompt, self.config.instruction))
+
+        def row(response: str) -> list[int]:
+            ids = prompt + encode_text(self.tokenizer, response, add_eos=True, continuation=True)
+            return ids[-self.config.max_length :]
+
+        return row(pair.chosen), row(pair.rejected)
+
+    def scores_of(self, rows: list[list[int]]) -> torch.Tensor:
+        """Reward-model scores ``[N]`` of token rows (right-padded into one batch)."""
+        ids, mask = pad_rows(rows, self.tokenizer.pad_token_id)
+        with autocast(self.device, self.config.bf16_autocast):
+            return self.model(ids.to(self.device), mask.to(self.device))
+
+    def _batch_indices(self, step: int) -> list[int]:
+        n, bs = len(self.train_rows), self.config.batch_size
+        out: list[int] = []
+        while len(out) < bs:
+            epoch, offset = divmod(step * bs + len(out), n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+            out.extend(perm[offset : offset + bs - len(out)].tolist())
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 256) -> dict[str, float]:
+        """Held-out pairwise accuracy (ties count half), loss, and score mean/std."""
+        if not self.eval_rows:
+            return {}
+        self.model.eval()
+        chosen, rejected = [], []
+        for i in range(0, len(self.eval_rows), batch_size):
+            chunk = self.eval_rows[i : i + batch_size]
+            scores = self.scores_of([c for c, _ in chunk] + [r for _, r in chunk])
+            chosen.append(scores[: len(chunk)])
+            rejected.append(scores[len(chunk) :])
+        self.model.train()
+        c, r = torch.cat(chosen), torch.cat(rejected)
+        both = torch.cat([c, r])
+        return {
+            "eval/accuracy": ((c > r).float() + 0.5 * (c == r).float()).mean().item(),
+            "eval/loss": bradley_terry_loss(c, r).item(),
+            "eval/score_mean": both.mean().item(),
+            "eval/score_std": both.std().item(),
+        }
+
+    def train(self) -> dict[str, Any]:
+        from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+        from rlhf_fast.metrics import MetricsLogger
+
+        cfg, out = self.config, Path(self.config.output_dir)
+        ckpt_dir = out / "checkpoints"
+        modules, optimizers, schedulers = {"model": self.model}, {"optimizer": self.optimizer}, {"scheduler": self.scheduler}
+        if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
+            self.step = load_checkpoint(path, modules=modules, optimizers=optimizers, schedulers=schedulers)["step"]
+        logger = MetricsLogger(out, "reward", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None)
+        self.model.train()
+        eval_stats: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=not cfg.progress)
+        while self.step < cfg.max_steps:
+            batch = [self.train_rows[i] for i in self._batch_indices(self.step)]
+            scores = self.scores_of([c for c, _ in batch] + [r for _, r in batch])  # (2B,)
+            chosen, rejected = scores[: len(batch)], scores[len(batch) :]
+            loss = bradley_terry_loss(chosen, rejected, cfg.margin or None)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            metrics: dict[str, float] = {}
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                metrics.update({
+                    "train/loss": loss.item(),
+                    "train/accuracy": (chosen > rejected).float().mean().item(),
+                    "train/margin": (chosen - rejected).mean().item(),
+                    "train/learning_rate": self.scheduler.get_last_lr()[0],
+                    "perf/pairs_per_second": self.step * cfg.batch_size / (time.perf_counter() - t0),
+                })
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                eval_stats = self.evaluate()
+                metrics.update(eval_stats)
+                bar.set_postfix(acc=f"{eval_stats.get('eval/accuracy', float('nan')):.3f}")
+            if metrics:
+                logger.log(self.step, metrics)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                save_checkpoint(ckpt_dir, step=self.step, modules=modules, optimizers=optimizers,
+                                schedulers=schedulers, extra={"config": asdict(cfg)})
+        bar.close()
+        logger.close()
+        if not eval_stats:
+            eval_stats = self.evaluate()
+        self.model.score_mean = eval_stats.get("eval/score_mean", 0.0)
+        self.model.score_std = max(eval_stats.get("eval/score_std", 1.0), 1e-6)
+        model_dir = out / "model"
+        self.model.save_pretrained(model_dir)
+        self.tokenizer.save_pretrained(model_dir)
+        return {"stage": "reward", "steps": self.step, "eval_accuracy": eval_stats.get("eval/accuracy", float("nan")),
+                "eval_loss": eval_stats.get("eval/loss", float("nan")), "n_train_pairs": len(self.train_rows),
+                "n_eval_pairs": len(self.eval_rows), "model_dir": str(model_dir)}
+
+
+def run_reward(config: RewardConfig) -> dict[str, Any]:
+    """The CLI entry point of ``rlhf-fast train-reward``: train and return a summary dict."""
+    return RewardTrainer(config).train()

@@ -1,0 +1,198 @@
+"""Supervised fine-tuning: next-token loss on the response tokens only.
+
+    rlhf-fast sft --model tiny-gpt2 --tokenizer demo-words --data sft.jsonl --output-dir runs/sft
+
+Each example ``{prompt, response}`` becomes ``prompt + response + <eos>``; the loss is the
+mean negative log-likelihood of the response tokens (and the ``<eos>``), prompt tokens are
+context only. Writes ``output_dir/model`` (a ``transformers`` directory with the tokenizer),
+metrics under ``output_dir/metrics``, and checkpoints under ``output_dir/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_fast.errors import InvalidArgumentError
+from rlhf_fast.models import load_causal_lm, token_logprobs
+from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers.runtime import (
+    autocast,
+    encode_text,
+    pad_rows,
+    resolve_device,
+    seed_everything,
+    with_instruction,
+)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a causal LM on ``{prompt, response}`` examples."""
+
+    output_dir: str = field(default="runs/sft", metadata={"help": "Directory for the model, metrics and checkpoints."})
+    seed: int = field(default=0, metadata={"help": "Random seed (weights of a built-in model, data order)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    model: str = field(default="tiny-gpt2", metadata={"help": "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory."})
+    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model."})
+    data: str = field(default="", metadata={"help": "SFT examples: a JSONL or Parquet file of {prompt, response} records."})
+    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed records (and report how many) instead of stopping."})
+    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
+    max_steps: int = field(default=400, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    lr_multiplier: float = field(default=1.0, metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
+    max_length: int = field(default=96, metadata={"help": "Longest prompt + response in tokens (longer ones keep their start)."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
+    log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
+    save_every: int = field(default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
+    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
+    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard event files."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+
+def lr_lambda(warmup_steps: int, max_steps: int):
+    """Linear warm-up to 1, then cosine decay to 0.1 at ``max_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class SFTTrainer:
+    """Owns the model, optimizer and data of one SFT run; ``train()`` runs it."""
+
+    def __init__(self, config: SFTConfig, examples: Optional[list[Any]] = None) -> None:
+        if config.max_steps < 1 or config.batch_size < 1:
+            raise InvalidArgumentError(
+                f"max_steps, batch_size: expected >= 1, got {config.max_steps}, {config.batch_size}"
+            )
+        self.config = config
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        self.tokenizer = load_tokenizer(config.tokenizer or _default_tokenizer(config.model))
+        self.model = load_causal_lm(config.model, self.tokenizer, seed=config.seed).to(self.device)
+        if examples is None:
+            from rlhf_fast.data import load_sft_examples
+
+            if not config.data:
+                raise InvalidArgumentError("data: expected a path to SFT examples, got ''")
+            examples = load_sft_examples(config.data, skip_invalid=config.skip_invalid)
+        if len(examples) == 0:
+            raise InvalidArgumentError("data: expected at least one SFT example, got none")
+        self.rows = [self._encode(ex) for ex in examples]  # (ids, first response index)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.learning_rate * config.lr_multiplier,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.warmup_steps, config.max_steps)
+        )
+        self.step = 0
+
+    def _encode(self, example: Any) -> tuple[list[int], int]:
+        prompt = with_instruction(example.prompt, self.config.instruction)
+        prompt_ids = encode_text(self.tokenizer, prompt)
+        response_ids = encode_text(self.tokenizer, example.response, add_eos=True, continuation=True)
+        ids = (prompt_ids + response_ids)[: self.config.max_length]
+        return ids, min(len(prompt_ids), len(ids))
+
+    def _batch_indices(self, step: int) -> list[int]:
+        """Rows of step ``step``: epoch-wise seeded permutations, so a resumed run sees the same."""
+        n, bs = len(self.rows), self.config.batch_size
+        start = step * bs
+        out: list[int] = []
+        while len(out) < bs:
+            epoch, offset = divmod(start + len(out), n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+            out.extend(perm[offset : offset + bs - len(out)].tolist())
+        return out
+
+    def loss_on(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean response-token NLL of the rows ``indices`` and token accuracy."""
+        rows = [self.rows[i] for i in indices]
+        ids, mask = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id)  # (B, T)
+        target_mask = mask.clone()
+        for b, (_, start) in enumerate(rows):
+            target_mask[b, :start] = 0  # prompt tokens are context, not targets
+        ids, mask, target_mask = ids.to(self.device), mask.to(self.device), target_mask.to(self.device)
+        with autocast(self.device, self.config.bf16_autocast):
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log p(token t+1 | <= t)
+        weights = target_mask[:, 1:].float()
+        n_tokens = weights.sum().clamp(min=1.0)
+        loss = -(logp * weights).sum() / n_tokens
+        with torch.no_grad():
+            correct = (logits[:, :-1].argmax(-1) == ids[:, 1:]).float()
+            accuracy = (correct * weights).sum() / n_tokens
+        return loss, {"loss": loss.item(), "token_accuracy": accuracy.item(), "tokens": n_tokens.item()}
+
+    def train(self) -> dict[str, Any]:
+        from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+        from rlhf_fast.metrics import MetricsLogger
+
+        cfg, out = self.config, Path(self.config.output_dir)
+        ckpt_dir = out / "checkpoints"
+        modules, optimizers, schedulers = {"model": self.model}, {"optimizer": self.optimizer}, {"scheduler": self.scheduler}
+        if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
+            self.step = load_checkpoint(path, modules=modules, optimizers=optimizers, schedulers=schedulers)["step"]
+        logger = MetricsLogger(out, "sft", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None)
+        self.model.train()
+        stats: dict[str, float] = {}
+        t0, tokens = time.perf_counter(), 0.0
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not cfg.progress)
+        while self.step < cfg.max_steps:
+            loss, stats = self.loss_on(self._batch_indices(self.step))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item() if cfg.grad_clip > 0 else 0.0
+            )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            tokens += stats["tokens"]
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - t0
+                logger.log(self.step, {
+                    "train/loss": stats["loss"],
+                    "train/token_accuracy": stats["token_accuracy"],
+                    "train/grad_norm": grad_norm,
+                    "train/learning_rate": self.scheduler.get_last_lr()[0],
+                    "perf/tokens_per_second": tokens / max(elapsed, 1e-9),
+                })
+                bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                save_checkpoint(ckpt_dir, step=self.step, modules=modules, optimizers=optimizers,
+                                schedulers=schedulers, extra={"config": asdict(cfg)})
+        bar.close()
+        logger.close()
+        model_dir = out / "model"
+        self.model.save_pretrained(model_dir)
+        self.tokenizer.save_pretrained(model_dir)
+        return {"stage": "sft", "steps": self.step, "final_loss": stats.get("loss", float("nan")),
+                "token_accuracy": stats.get("token_accuracy", float("nan")), "model_dir": str(model_dir)}
+
+
+def _default_tokenizer(model: str) -> str:
+    return model if Path(model).is_dir() else "bytes"
+
+
+def run_sft(config: SFTConfig) -> dict[str, Any]:
+    """The CLI entry point of ``rlhf-fast sft``: train and return a summary dict."""
+    return SFTTrainer(config).train()
