@@ -23,12 +23,32 @@ Outputs are 0 wherever an element does not take part. Finite-checks
 positions are never read.
 """
 
-from typing import Optional, TypeVar, Union
+from typing import Optional, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-F = TypeVar("F", np.float32, np.float64)
+_F = TypeVar("_F", np.float32, np.float64)
+
+__all__ = [
+    "InvalidArgumentError",
+    "InvalidDtypeError",
+    "NonFiniteError",
+    "RlhfFastError",
+    "__version__",
+    "gae",
+    "gae_packed",
+    "get_num_threads",
+    "group_advantages",
+    "kl_shaped_rewards",
+    "kl_shaped_rewards_packed",
+    "masked_moments",
+    "masked_whiten",
+    "minibatch_indices",
+    "pad_ragged",
+    "permutation",
+    "set_num_threads",
+]
 
 __version__: str
 
@@ -52,18 +72,18 @@ def set_num_threads(n: int) -> None:
 
 # ---------------------------------------------------------------- GAE
 def gae(
-    rewards: NDArray[F],
-    values: NDArray[F],
+    rewards: NDArray[_F],
+    values: NDArray[_F],
     mask: NDArray[np.uint8],
     *,
     gamma: float,
     lam: float,
-    bootstrap_values: Optional[NDArray[F]] = None,
+    bootstrap_values: Optional[NDArray[_F]] = None,
     dones: Optional[NDArray[np.uint8]] = None,
-    advantages_out: Optional[NDArray[F]] = None,
-    returns_out: Optional[NDArray[F]] = None,
+    advantages_out: Optional[NDArray[_F]] = None,
+    returns_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
-) -> tuple[NDArray[F], NDArray[F]]:
+) -> tuple[NDArray[_F], NDArray[_F]]:
     """Padded GAE. ``rewards, values, mask, dones``: ``[B, T]``; ``bootstrap_values``: ``[B]``.
 
     Per row, over the masked positions from last to first:
@@ -75,34 +95,34 @@ def gae(
     """
 
 def gae_packed(
-    rewards: NDArray[F],
-    values: NDArray[F],
+    rewards: NDArray[_F],
+    values: NDArray[_F],
     cu_seqlens: NDArray[np.int64],
     *,
     gamma: float,
     lam: float,
-    bootstrap_values: Optional[NDArray[F]] = None,
+    bootstrap_values: Optional[NDArray[_F]] = None,
     dones: Optional[NDArray[np.uint8]] = None,
-    advantages_out: Optional[NDArray[F]] = None,
-    returns_out: Optional[NDArray[F]] = None,
+    advantages_out: Optional[NDArray[_F]] = None,
+    returns_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
-) -> tuple[NDArray[F], NDArray[F]]:
+) -> tuple[NDArray[_F], NDArray[_F]]:
     """Packed GAE: ``[N]`` inputs, ``cu_seqlens`` ``[B + 1]``, ``bootstrap_values`` ``[B]``."""
 
 # ---------------------------------------------------------------- KL shaping
 def kl_shaped_rewards(
-    logprobs: NDArray[F],
-    ref_logprobs: NDArray[F],
+    logprobs: NDArray[_F],
+    ref_logprobs: NDArray[_F],
     mask: NDArray[np.uint8],
-    scores: NDArray[F],
+    scores: NDArray[_F],
     *,
     kl_coef: float,
     estimator: str = "k1",
     clamp: Optional[float] = None,
-    rewards_out: Optional[NDArray[F]] = None,
-    kl_out: Optional[NDArray[F]] = None,
+    rewards_out: Optional[NDArray[_F]] = None,
+    kl_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
-) -> tuple[NDArray[F], NDArray[F]]:
+) -> tuple[NDArray[_F], NDArray[_F]]:
     """Padded KL shaping. ``logprobs, ref_logprobs, mask``: ``[B, T]``; ``scores``: ``[B]``.
 
     ``lr = logprobs - ref_logprobs``; ``kl`` by estimator ``"k1"`` (lr), ``"abs"`` (|lr|),
@@ -113,23 +133,23 @@ def kl_shaped_rewards(
     """
 
 def kl_shaped_rewards_packed(
-    logprobs: NDArray[F],
-    ref_logprobs: NDArray[F],
+    logprobs: NDArray[_F],
+    ref_logprobs: NDArray[_F],
     cu_seqlens: NDArray[np.int64],
-    scores: NDArray[F],
+    scores: NDArray[_F],
     *,
     kl_coef: float,
     estimator: str = "k1",
     clamp: Optional[float] = None,
-    rewards_out: Optional[NDArray[F]] = None,
-    kl_out: Optional[NDArray[F]] = None,
+    rewards_out: Optional[NDArray[_F]] = None,
+    kl_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
-) -> tuple[NDArray[F], NDArray[F]]:
+) -> tuple[NDArray[_F], NDArray[_F]]:
     """Packed KL shaping: ``[N]`` inputs, ``cu_seqlens`` ``[B + 1]``, ``scores`` ``[B]``."""
 
 # ---------------------------------------------------------------- masked moments
 def masked_moments(
-    x: NDArray[F],
+    x: NDArray[_F],
     mask: Optional[NDArray[np.uint8]] = None,
     *,
     check_finite: bool = True,
@@ -143,28 +163,28 @@ def masked_moments(
     """
 
 def masked_whiten(
-    x: NDArray[F],
+    x: NDArray[_F],
     mask: Optional[NDArray[np.uint8]] = None,
     *,
     shift_mean: bool = True,
     unbiased: bool = True,
     eps: float = 1e-8,
-    out: Optional[NDArray[F]] = None,
+    out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
-) -> NDArray[F]:
+) -> NDArray[_F]:
     """``(x - mean) / sqrt(var + eps)`` on masked elements (``+ mean`` back when
     ``shift_mean`` is False), 0 elsewhere. Raises if fewer than 2 elements are masked."""
 
 # ---------------------------------------------------------------- group advantages
 def group_advantages(
-    scores: NDArray[F],
+    scores: NDArray[_F],
     *,
     group_size: int,
     normalize: str = "std",
     leave_one_out: bool = False,
     eps: float = 1e-6,
     check_finite: bool = True,
-) -> NDArray[F]:
+) -> NDArray[_F]:
     """GRPO / RLOO advantages for ``[N]`` scores laid out group by group.
 
     baseline = group mean (``leave_one_out=False``) or the mean of the other
@@ -173,18 +193,17 @@ def group_advantages(
     """
 
 # ---------------------------------------------------------------- batching
-Numeric = Union[np.float32, np.float64, np.int64, np.int32, np.uint8]
-N = TypeVar("N", np.float32, np.float64, np.int64, np.int32, np.uint8)
+_N = TypeVar("_N", np.float32, np.float64, np.int64, np.int32, np.uint8)
 
 def pad_ragged(
-    values: NDArray[N],
+    values: NDArray[_N],
     offsets: NDArray[np.int64],
     *,
-    pad_value: float = 0,
+    pad_value: float = 0.0,
     side: str = "right",
     length: Optional[int] = None,
     indices: Optional[NDArray[np.int64]] = None,
-) -> tuple[NDArray[N], NDArray[np.bool_]]:
+) -> tuple[NDArray[_N], NDArray[np.bool_]]:
     """Flat ``values`` ``[N]`` + ``offsets`` ``[B + 1]`` -> ``(padded [R, L], mask [R, L])``.
 
     Rows are ``indices`` (gathered in that order, repeats allowed) or all ``B``.
