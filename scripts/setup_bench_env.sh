@@ -37,7 +37,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "$want" > "$stamp"
 fi
 
-$bench_python - <<'PY'
+TRL_EXPERIMENTAL_SILENCE=1 $bench_python - <<'PY'
 import importlib
 import pathlib
 
