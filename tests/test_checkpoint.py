@@ -9,6 +9,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from rlhf_fast.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -17,7 +19,6 @@ from rlhf_fast.checkpoint import (
     save_checkpoint,
 )
 from rlhf_fast.errors import InvalidArgumentError
-from torch import nn
 
 
 class TiedLM(nn.Module):

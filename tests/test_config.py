@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
+
 from rlhf_fast.config import (
     ConfigError,
     add_config_arguments,

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from rlhf_fast.data import (
     DataValidationError,
     PreferencePair,
@@ -74,6 +75,23 @@ def test_preference_pairs_every_source_and_form(tmp_path, records, kind):
     pairs = load_preference_pairs(source)
     assert pairs == EXPECTED
     assert pairs.report.n_loaded == 2 and pairs.report.n_skipped == 0
+
+
+def test_pandas_dataframe_with_numpy_ints():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(CANDIDATES)
+    assert load_preference_pairs(frame) == EXPECTED
+    frame.loc[1, "choice"] = 3
+    with pytest.raises(DataValidationError, match=r"<DataFrame>: row 1: field 'choice'"):
+        load_preference_pairs(frame)
+
+
+def test_numpy_integer_choice_is_an_int_but_numpy_bool_is_not():
+    import numpy as np
+
+    assert load_preference_pairs([dict(CANDIDATES[0], choice=np.int64(1))])[0] == EXPECTED[0]
+    with pytest.raises(DataValidationError, match=r"expected 0 or 1 \(int\), got .*\(bool_?\)"):
+        load_preference_pairs([dict(CANDIDATES[0], choice=np.bool_(True))])
 
 
 def test_forms_can_mix_and_extra_fields_are_ignored():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.metrics import MetricsLogger, plot_curves, read_jsonl
 

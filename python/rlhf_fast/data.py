@@ -13,7 +13,8 @@
 
 Each loader takes a JSONL path (``.jsonl``/``.ndjson``; ``.json`` holding a JSON
 array or JSON lines), a Parquet path (read through Hugging Face ``datasets``), a
-``datasets.Dataset``, or a list (any iterable) of dicts. Extra fields are ignored.
+``datasets.Dataset``, a pandas ``DataFrame``, or a list (any iterable) of dicts. Extra
+fields are ignored.
 
 A malformed record (not an object, missing field, wrong type, ``choice`` not 0/1,
 empty text, a line that is not JSON) raises :class:`DataValidationError`, whose
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -207,6 +209,8 @@ def _open_source(source: DataSource) -> tuple[str, str, Iterator[tuple[int, Any]
             f"got {_describe_type(source)}"
         )
     description = f"<{type(source).__name__}>"
+    if hasattr(source, "columns") and hasattr(source, "to_dict"):  # a pandas DataFrame
+        return description, "row", _iter_rows(source.to_dict("records"))
     return description, "row", _iter_rows(source)
 
 
@@ -263,7 +267,9 @@ class _RecordChecker:
             raise self.error(name, "missing")
         value = self.record[name]
         # bool is a subclass of int, but True/False here is almost always a mislabelled column.
-        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_int = isinstance(value, numbers.Integral) and not isinstance(
+            value, bool
+        )  # numpy ints too
         if not is_int or value not in (0, 1):
             raise self.error(
                 name, f"expected 0 or 1 (int), got {_short_repr(value)} ({_describe_type(value)})"
