@@ -358,8 +358,8 @@ def add_config_arguments(
                 f"{cls.__name__}.{spec.name}: the option name is reserved by the command line"
             )
         if spec.is_nested:
-            title = f"{spec.name} options (--{spec.name}.*)"
-            groups[spec.name] = parser.add_argument_group(title, spec.help or None)
+            group_title = f"{spec.name} options (--{spec.name}.*)"
+            groups[spec.name] = parser.add_argument_group(group_title, spec.help or None)
             continue
         group = groups[spec.name.rsplit(".", 1)[0] if "." in spec.name else ""]
         default = defaults[spec.name]
@@ -378,19 +378,14 @@ def add_config_arguments(
             group.add_argument(*shown, help=help_text, **kwargs)
             group.add_argument(*hidden, help=argparse.SUPPRESS, **kwargs)
             continue
+        kwargs["type"] = _cli_type(spec)
+        if spec.sequence is not None:
+            kwargs["nargs"] = "*"
+        if spec.choices is not None:
+            none = "|none" if spec.optional else ""
+            kwargs["metavar"] = "{" + ",".join(map(str, spec.choices)) + "}" + none
         else:
-            kwargs["type"] = _cli_type(spec)
-            if spec.sequence is not None:
-                kwargs["nargs"] = "*"
-            metavar = spec.type_name().upper().replace(" | NONE", "|none")
-            if spec.choices is not None:
-                metavar = (
-                    "{"
-                    + ",".join(map(str, spec.choices))
-                    + "}"
-                    + ("|none" if spec.optional else "")
-                )
-            kwargs["metavar"] = metavar
+            kwargs["metavar"] = spec.type_name().upper().replace(" | NONE", "|none")
         group.add_argument(names[0], help=help_text, **kwargs)
         if len(names) > 1:  # the underscore spelling works but is not listed twice
             group.add_argument(names[1], help=argparse.SUPPRESS, **kwargs)
