@@ -3,7 +3,11 @@
 import pytest
 
 from rlhf_fast.errors import InvalidArgumentError
-from rlhf_fast.trainers.kl_controller import AdaptiveKLController, FixedKLController, make_kl_controller
+from rlhf_fast.trainers.kl_controller import (
+    AdaptiveKLController,
+    FixedKLController,
+    make_kl_controller,
+)
 
 
 def test_fixed_controller_never_moves():

@@ -12,9 +12,13 @@ from rlhf_fast.trainers.losses import bradley_terry_loss, clipped_surrogate_loss
 def test_bradley_terry_loss_by_hand():
     chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
     # -log sigmoid(1) = log(1 + e^-1) = 0.3132617, -log sigmoid(0) = log 2 = 0.6931472
-    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx((0.3132617 + 0.6931472) / 2, abs=1e-6)
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(
+        (0.3132617 + 0.6931472) / 2, abs=1e-6
+    )
     # margin 0.5: -log sigmoid(0.5) = 0.4740770, -log sigmoid(-0.5) = 0.9740770
-    assert bradley_terry_loss(chosen, rejected, 0.5).item() == pytest.approx((0.4740770 + 0.9740770) / 2, abs=1e-6)
+    assert bradley_terry_loss(chosen, rejected, 0.5).item() == pytest.approx(
+        (0.4740770 + 0.9740770) / 2, abs=1e-6
+    )
 
 
 def test_bradley_terry_loss_gradient_pushes_chosen_up():
@@ -44,7 +48,9 @@ def test_clipped_surrogate_by_hand():
 
 def test_clipped_surrogate_is_zero_gradient_when_clipped():
     logprobs = torch.tensor([[math.log(1.5)]], requires_grad=True)
-    loss, _, _ = clipped_surrogate_loss(logprobs, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2)
+    loss, _, _ = clipped_surrogate_loss(
+        logprobs, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2
+    )
     loss.backward()
     assert logprobs.grad.item() == 0.0
 

@@ -40,7 +40,7 @@ def test_byte_tokenizer_round_trips_any_text():
 def test_word_tokenizer_uses_words_and_spells_unknown_ones(tok):
     ids = tok.encode("review the kettle : zorp is great .")
     assert tok.decode(ids) == "review the kettle : zorp is great ."
-    assert len(ids) == 7 + len(" zorp".encode())  # known words are one token each
+    assert len(ids) == 7 + len(b" zorp")  # known words are one token each
     assert tok.encode("great", add_eos=True)[-1] == tok.eos_token_id
 
 
@@ -91,12 +91,16 @@ def test_last_token_index_left_and_right():
 
 def _both_paddings(tok, texts):
     rows = [encode_text(tok, t) for t in texts]
-    return pad_rows(rows, tok.pad_token_id, side="right"), pad_rows(rows, tok.pad_token_id, side="left")
+    return pad_rows(rows, tok.pad_token_id, side="right"), pad_rows(
+        rows, tok.pad_token_id, side="left"
+    )
 
 
 def test_reward_model_score_does_not_depend_on_padding(tok, lm, tmp_path):
     rm = RewardModel.from_causal_lm(frozen_copy(lm)).eval()
-    (r_ids, r_mask), (l_ids, l_mask) = _both_paddings(tok, ["review the lamp : great .", "one star . it is broken ."])
+    (r_ids, r_mask), (l_ids, l_mask) = _both_paddings(
+        tok, ["review the lamp : great .", "one star . it is broken ."]
+    )
     with torch.no_grad():
         right, left = rm(r_ids, r_mask), rm(l_ids, l_mask)
     assert right.shape == (2,)

@@ -16,6 +16,17 @@ from rlhf_fast.trainers.reward import RewardConfig, RewardTrainer
 from rlhf_fast.trainers.sft import SFTConfig, SFTTrainer
 
 QUIET = {"device": "cpu", "tensorboard": False, "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def _no_png_curves(monkeypatch):
+    """The PNG curves are the metrics module's business (tested there) and cost seconds here."""
+    from rlhf_fast.metrics import MetricsLogger
+
+    monkeypatch.setattr(MetricsLogger, "plot", lambda self, *args, **kwargs: None)
+    torch.set_num_threads(1)
+
+
 PRODUCTS = ["kettle", "lamp", "tent", "toaster"]
 GOOD = ["great", "lovely", "sturdy", "perfect"]
 BAD = ["awful", "broken", "flimsy", "useless"]
@@ -29,8 +40,13 @@ def separable_pairs(n: int, seed: int) -> list[PreferencePair]:
     for _ in range(n):
         product = pick(PRODUCTS)
         template = pick(["the {p} is {a} .", "i think it is {a} .", "this {p} feels {a} ."])
-        pairs.append(PreferencePair(f"review the {product} :", template.format(p=product, a=pick(GOOD)),
-                                    template.format(p=product, a=pick(BAD))))
+        pairs.append(
+            PreferencePair(
+                f"review the {product} :",
+                template.format(p=product, a=pick(GOOD)),
+                template.format(p=product, a=pick(BAD)),
+            )
+        )
     return pairs
 
 
@@ -42,15 +58,27 @@ def stage_dirs(tmp_path_factory):
     lm = load_causal_lm("tiny-gpt2", tok, seed=0)
     lm.save_pretrained(root / "sft")
     tok.save_pretrained(root / "sft")
-    RewardModel.from_causal_lm(load_causal_lm("tiny-gpt2", tok, seed=1)).save_pretrained(root / "rm")
+    RewardModel.from_causal_lm(load_causal_lm("tiny-gpt2", tok, seed=1)).save_pretrained(
+        root / "rm"
+    )
     tok.save_pretrained(root / "rm")
     return root
 
 
 def ppo_config(stage_dirs, out, **overrides) -> PPOConfig:
-    kw = dict(output_dir=str(out), policy=str(stage_dirs / "sft"), reward_model=str(stage_dirs / "rm"),
-              max_steps=2, rollout_batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=6,
-              learning_rate=1e-3, save_every=1, **QUIET)
+    kw = dict(
+        output_dir=str(out),
+        policy=str(stage_dirs / "sft"),
+        reward_model=str(stage_dirs / "rm"),
+        max_steps=2,
+        rollout_batch_size=8,
+        minibatch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        save_every=1,
+        **QUIET,
+    )
     kw.update(overrides)
     return PPOConfig(**kw)
 
@@ -60,9 +88,21 @@ PROMPTS = [f"review the {p} :" for p in PRODUCTS]
 
 def test_reward_model_separates_toy_preferences(tmp_path):
     torch.set_num_threads(1)
-    cfg = RewardConfig(output_dir=str(tmp_path), model="tiny-gpt2", tokenizer="demo-words", max_steps=120,
-                       batch_size=16, learning_rate=2e-3, warmup_steps=10, eval_every=60, save_every=1000, **QUIET)
-    result = RewardTrainer(cfg, pairs=separable_pairs(400, 0), eval_pairs=separable_pairs(200, 1)).train()
+    cfg = RewardConfig(
+        output_dir=str(tmp_path),
+        model="tiny-gpt2",
+        tokenizer="demo-words",
+        max_steps=80,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=10,
+        eval_every=40,
+        save_every=1000,
+        **QUIET,
+    )
+    result = RewardTrainer(
+        cfg, pairs=separable_pairs(400, 0), eval_pairs=separable_pairs(200, 1)
+    ).train()
     assert result["eval_accuracy"] > 0.95
     rm = RewardModel.from_pretrained(result["model_dir"])
     assert rm.score_std > 0
@@ -70,8 +110,18 @@ def test_reward_model_separates_toy_preferences(tmp_path):
 
 def test_sft_loss_falls_and_model_is_saved(tmp_path):
     examples = [SFTExample(p.prompt, p.chosen) for p in separable_pairs(200, 0)]
-    cfg = SFTConfig(output_dir=str(tmp_path), model="tiny-gpt2", tokenizer="demo-words", max_steps=40,
-                    batch_size=16, learning_rate=3e-3, warmup_steps=5, log_every=5, save_every=1000, **QUIET)
+    cfg = SFTConfig(
+        output_dir=str(tmp_path),
+        model="tiny-gpt2",
+        tokenizer="demo-words",
+        max_steps=40,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        log_every=5,
+        save_every=1000,
+        **QUIET,
+    )
     trainer = SFTTrainer(cfg, examples=examples)
     first, _ = trainer.loss_on(list(range(16)))
     result = trainer.train()
@@ -100,7 +150,12 @@ def test_ppo_smoke_run(tmp_path, stage_dirs):
     # before any update the policy is the reference: KL exactly 0
     metrics = trainer.train_step(batch)
     assert metrics["objective/kl"] == pytest.approx(0.0, abs=1e-5)
-    for key in ("loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "val/explained_variance"):
+    for key in (
+        "loss/policy_avg",
+        "loss/value_avg",
+        "policy/approxkl_avg",
+        "val/explained_variance",
+    ):
         assert math.isfinite(metrics[key]), key
     result = trainer.train()
     assert result["steps"] == 2
@@ -119,8 +174,16 @@ def test_ppo_shared_trunk_and_adaptive_kl(tmp_path, stage_dirs):
 
 def _sft_weights(tmp_path, resume):
     examples = [SFTExample(p.prompt, p.chosen) for p in separable_pairs(64, 0)]
-    cfg = SFTConfig(output_dir=str(tmp_path), model="tiny-gpt2", tokenizer="demo-words", max_steps=6,
-                    batch_size=8, save_every=3, resume=resume, **QUIET)
+    cfg = SFTConfig(
+        output_dir=str(tmp_path),
+        model="tiny-gpt2",
+        tokenizer="demo-words",
+        max_steps=6,
+        batch_size=8,
+        save_every=3,
+        resume=resume,
+        **QUIET,
+    )
     trainer = SFTTrainer(cfg, examples=examples)
     trainer.train()
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -147,7 +210,10 @@ def test_ppo_stop_and_resume_equals_uninterrupted(tmp_path, stage_dirs):
 
 def test_trainers_reject_bad_configs(tmp_path, stage_dirs):
     with pytest.raises(InvalidArgumentError, match="max_steps"):
-        SFTTrainer(SFTConfig(output_dir=str(tmp_path), max_steps=0, **QUIET), examples=[SFTExample("a", "b")])
+        SFTTrainer(
+            SFTConfig(output_dir=str(tmp_path), max_steps=0, **QUIET),
+            examples=[SFTExample("a", "b")],
+        )
     with pytest.raises(InvalidArgumentError, match="data"):
         SFTTrainer(SFTConfig(output_dir=str(tmp_path), **QUIET))
     with pytest.raises(InvalidArgumentError, match="reward_model"):

@@ -39,7 +39,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise InvalidArgumentError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+        raise InvalidArgumentError(
+            f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}"
+        ) from exc
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -291,11 +293,19 @@ def generate_responses(
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        ids, mask = pad_rows([encode_text(tokenizer, p) for p in chunk], tokenizer.pad_token_id, side="left")
+        ids, mask = pad_rows(
+            [encode_text(tokenizer, p) for p in chunk], tokenizer.pad_token_id, side="left"
+        )
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-            temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
         texts.extend(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
     model.train(was_training)

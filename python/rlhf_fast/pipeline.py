@@ -24,35 +24,90 @@ from rlhf_fast.trainers.sft import SFTConfig, run_sft
 class PipelineConfig:
     """SFT, then a Bradley-Terry reward model, then PPO, each stage starting from the last."""
 
-    output_dir: str = field(default="runs/pipeline", metadata={"help": "Root directory; stages write into sft/, reward/ and ppo/ below it."})
+    output_dir: str = field(
+        default="runs/pipeline",
+        metadata={"help": "Root directory; stages write into sft/, reward/ and ppo/ below it."},
+    )
     seed: int = field(default=0, metadata={"help": "Random seed of every stage."})
-    resume: bool = field(default=False, metadata={"help": "Skip finished stages and continue the running one from its last checkpoint."})
-    model: str = field(default="tiny-gpt2", metadata={"help": "Base model: a built-in name or a local causal-LM directory."})
-    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."})
-    sft_data: str = field(default="", metadata={"help": "SFT examples {prompt, response} (JSONL/Parquet); empty: skip SFT and use model as is."})
-    preference_data: str = field(default="", metadata={"help": "Preference pairs for the reward model (JSONL/Parquet)."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip finished stages and continue the running one from its last checkpoint."
+        },
+    )
+    model: str = field(
+        default="tiny-gpt2",
+        metadata={"help": "Base model: a built-in name or a local causal-LM directory."},
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
+        },
+    )
+    sft_data: str = field(
+        default="",
+        metadata={
+            "help": "SFT examples {prompt, response} (JSONL/Parquet); empty: skip SFT and use model as is."
+        },
+    )
+    preference_data: str = field(
+        default="", metadata={"help": "Preference pairs for the reward model (JSONL/Parquet)."}
+    )
     prompts: str = field(default="", metadata={"help": "Prompts for PPO (JSONL/Parquet)."})
-    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt in every stage."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
-    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
+    instruction: str = field(
+        default="", metadata={"help": "Text prepended to every prompt in every stage."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    )
+    bf16_autocast: bool = field(
+        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
+    )
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT stage settings."})
-    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "Reward-model stage settings."})
+    reward: RewardConfig = field(
+        default_factory=RewardConfig, metadata={"help": "Reward-model stage settings."}
+    )
     ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "PPO stage settings."})
 
 
 def stage_configs(config: PipelineConfig) -> tuple[SFTConfig, RewardConfig, PPOConfig]:
     """The three stage configs with the shared fields and the stage-to-stage paths filled in."""
     root = Path(config.output_dir)
-    shared = {"seed": config.seed, "resume": config.resume, "instruction": config.instruction,
-              "device": config.device, "bf16_autocast": config.bf16_autocast}
-    sft = replace(config.sft, output_dir=str(root / "sft"), model=config.model, tokenizer=config.tokenizer,
-                  data=config.sft_data, **shared)
+    shared = {
+        "seed": config.seed,
+        "resume": config.resume,
+        "instruction": config.instruction,
+        "device": config.device,
+        "bf16_autocast": config.bf16_autocast,
+    }
+    sft = replace(
+        config.sft,
+        output_dir=str(root / "sft"),
+        model=config.model,
+        tokenizer=config.tokenizer,
+        data=config.sft_data,
+        **shared,
+    )
     base = str(root / "sft" / "model") if config.sft_data else config.model
     tokenizer = "" if config.sft_data else config.tokenizer
-    reward = replace(config.reward, output_dir=str(root / "reward"), model=base, tokenizer=tokenizer,
-                     data=config.preference_data, **shared)
-    ppo = replace(config.ppo, output_dir=str(root / "ppo"), policy=base, tokenizer=tokenizer,
-                  reward_model=str(root / "reward" / "model"), prompts=config.prompts, **shared)
+    reward = replace(
+        config.reward,
+        output_dir=str(root / "reward"),
+        model=base,
+        tokenizer=tokenizer,
+        data=config.preference_data,
+        **shared,
+    )
+    ppo = replace(
+        config.ppo,
+        output_dir=str(root / "ppo"),
+        policy=base,
+        tokenizer=tokenizer,
+        reward_model=str(root / "reward" / "model"),
+        prompts=config.prompts,
+        **shared,
+    )
     return sft, reward, ppo
 
 

@@ -25,7 +25,9 @@ class BradleyTerryAnnotators:
     def __init__(self, betas: Sequence[float], seed: int) -> None:
         betas = [float(b) for b in betas]
         if not betas or any(not math.isfinite(b) or b <= 0 for b in betas):
-            raise InvalidArgumentError(f"betas: expected one or more finite numbers > 0, got {betas}")
+            raise InvalidArgumentError(
+                f"betas: expected one or more finite numbers > 0, got {betas}"
+            )
         self.betas = betas
         self.rng = random.Random(seed)
 
@@ -39,7 +41,9 @@ class BradleyTerryAnnotators:
     def label(self, gold_a: Sequence[float], gold_b: Sequence[float]) -> list[int]:
         """``choice`` per pair: 0 when ``a`` is preferred, 1 when ``b`` is."""
         if len(gold_a) != len(gold_b):
-            raise InvalidArgumentError(f"gold_b: expected {len(gold_a)} scores like gold_a, got {len(gold_b)}")
+            raise InvalidArgumentError(
+                f"gold_b: expected {len(gold_a)} scores like gold_a, got {len(gold_b)}"
+            )
         return [0 if self.prefer_first(a, b)[0] else 1 for a, b in zip(gold_a, gold_b)]
 
 

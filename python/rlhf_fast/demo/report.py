@@ -38,12 +38,26 @@ def plot_gold_proxy_vs_kl(records: list[dict[str, Any]], path: Path) -> None:
         return
     kl = [r["objective/kl"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(kl, [r["gold/mean"] for r in rows], "o-", ms=3, color="tab:green", label="gold score (hidden)")
+    ax.plot(
+        kl,
+        [r["gold/mean"] for r in rows],
+        "o-",
+        ms=3,
+        color="tab:green",
+        label="gold score (hidden)",
+    )
     ax.set_xlabel("KL(policy || reference), nats per response")
     ax.set_ylabel("gold score")
     ax2 = ax.twinx()
-    ax2.plot(kl, [r["objective/scores"] for r in rows], "s-", ms=3, color="tab:blue", alpha=0.7,
-             label="proxy score (reward model, normalised)")
+    ax2.plot(
+        kl,
+        [r["objective/scores"] for r in rows],
+        "s-",
+        ms=3,
+        color="tab:blue",
+        alpha=0.7,
+        label="proxy score (reward model, normalised)",
+    )
     ax2.set_ylabel("proxy score")
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
@@ -61,8 +75,17 @@ def plot_ppo_curves(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["gold/mean", "objective/scores", "objective/kl", "objective/kl_coef", "loss/policy_avg",
-            "loss/value_avg", "policy/clipfrac_avg", "val/explained_variance", "val/num_response_tokens"]
+    keys = [
+        "gold/mean",
+        "objective/scores",
+        "objective/kl",
+        "objective/kl_coef",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "policy/clipfrac_avg",
+        "val/explained_variance",
+        "val/num_response_tokens",
+    ]
     keys = [k for k in keys if any(k in r for r in records)]
     if not keys:
         return
@@ -90,8 +113,14 @@ def _sample_table(samples: list[dict[str, Any]], n: int = 8) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, summary: dict[str, Any], before: list[dict[str, Any]], after: list[dict[str, Any]],
-                 *, config: dict[str, Any]) -> None:
+def write_report(
+    out: Path,
+    summary: dict[str, Any],
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    *,
+    config: dict[str, Any],
+) -> None:
     """Write summary.json, report.md, the samples and the demo plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -110,24 +139,24 @@ def write_report(out: Path, summary: dict[str, Any], before: list[dict[str, Any]
 Task: a prompt asks for a review of a product (`review the kettle :`). The hidden gold score
 (`rlhf_fast.demo.gold_score`) is +1 per positive word, -1 per negative word, +{NAME_BONUS:g} when the
 review names the product asked about, -{WRONG_NAME_PENALTY:g} when it names another, -{LENGTH_PENALTY:g} per
-word beyond {MAX_GOOD_LENGTH}. The reward model never sees it: it learns from {s['n_preference_pairs']}
-pairs of SFT-policy samples labelled by simulated Bradley-Terry annotators (betas {s['annotator_betas']}).
+word beyond {MAX_GOOD_LENGTH}. The reward model never sees it: it learns from {s["n_preference_pairs"]}
+pairs of SFT-policy samples labelled by simulated Bradley-Terry annotators (betas {s["annotator_betas"]}).
 
 | | value |
 |---|---|
-| reward-model accuracy on {s['n_eval_pairs']} held-out pairs | {s['rm_accuracy']:.3f} |
-| ceiling (gold score's accuracy on the same noisy labels) | {s['rm_accuracy_ceiling']:.3f} |
-| gold score, SFT policy (mean ± std, n={s['n_samples']}) | {s['gold_sft_mean']:.2f} ± {s['gold_sft_std']:.2f} |
-| gold score, PPO policy (mean ± std, n={s['n_samples']}) | {s['gold_ppo_mean']:.2f} ± {s['gold_ppo_std']:.2f} |
-| gain in SFT standard deviations | {s['gold_gain_in_sft_std']:.2f} |
-| proxy (reward-model) score, SFT -> PPO | {s['proxy_sft_mean']:.2f} -> {s['proxy_ppo_mean']:.2f} |
-| KL(PPO policy ‖ reference), nats per response | {s['kl_ppo']:.2f} |
-| mean response length in words, SFT -> PPO | {s['length_sft_mean']:.1f} -> {s['length_ppo_mean']:.1f} |
-| wall time | {s['wall_seconds']:.0f} s ({s['device']}, {s['torch_threads']} torch threads) |
+| reward-model accuracy on {s["n_eval_pairs"]} held-out pairs | {s["rm_accuracy"]:.3f} |
+| ceiling (gold score's accuracy on the same noisy labels) | {s["rm_accuracy_ceiling"]:.3f} |
+| gold score, SFT policy (mean ± std, n={s["n_samples"]}) | {s["gold_sft_mean"]:.2f} ± {s["gold_sft_std"]:.2f} |
+| gold score, PPO policy (mean ± std, n={s["n_samples"]}) | {s["gold_ppo_mean"]:.2f} ± {s["gold_ppo_std"]:.2f} |
+| gain in SFT standard deviations | {s["gold_gain_in_sft_std"]:.2f} |
+| proxy (reward-model) score, SFT -> PPO | {s["proxy_sft_mean"]:.2f} -> {s["proxy_ppo_mean"]:.2f} |
+| KL(PPO policy ‖ reference), nats per response | {s["kl_ppo"]:.2f} |
+| mean response length in words, SFT -> PPO | {s["length_sft_mean"]:.1f} -> {s["length_ppo_mean"]:.1f} |
+| wall time | {s["wall_seconds"]:.0f} s ({s["device"]}, {s["torch_threads"]} torch threads) |
 
 Thresholds (gold gain >= 1 SFT std, KL < 10 nats): **{verdict}**.
 
-Stage times (s): {", ".join(f"{k} {v}" for k, v in s['stage_seconds'].items())}.
+Stage times (s): {", ".join(f"{k} {v}" for k, v in s["stage_seconds"].items())}.
 
 ![gold and proxy against KL](plots/gold_proxy_vs_kl.png)
 

@@ -34,42 +34,101 @@ from rlhf_fast.trainers.sft import SFTConfig, SFTTrainer
 
 
 def _sft_defaults() -> SFTConfig:
-    return SFTConfig(model="tiny-gpt2", tokenizer="demo-words", max_steps=300, batch_size=64,
-                     learning_rate=3e-3, warmup_steps=20, log_every=10, save_every=1000)
+    return SFTConfig(
+        model="tiny-gpt2",
+        tokenizer="demo-words",
+        max_steps=250,
+        batch_size=64,
+        learning_rate=3e-3,
+        warmup_steps=20,
+        log_every=10,
+        save_every=1000,
+    )
 
 
 def _reward_defaults() -> RewardConfig:
-    return RewardConfig(max_steps=300, batch_size=64, learning_rate=1e-3, warmup_steps=20,
-                        eval_every=100, log_every=10, save_every=1000)
+    return RewardConfig(
+        max_steps=200,
+        batch_size=64,
+        learning_rate=1e-3,
+        warmup_steps=20,
+        eval_every=100,
+        log_every=10,
+        save_every=1000,
+    )
 
 
 def _ppo_defaults() -> PPOConfig:
-    return PPOConfig(max_steps=60, rollout_batch_size=64, minibatch_size=16, ppo_epochs=4,
-                     learning_rate=3e-4, max_new_tokens=32, kl_coef=0.05, save_every=1000)
+    return PPOConfig(
+        max_steps=40,
+        rollout_batch_size=64,
+        minibatch_size=16,
+        ppo_epochs=4,
+        learning_rate=3e-4,
+        max_new_tokens=32,
+        kl_coef=0.1,
+        save_every=1000,
+    )
 
 
 @dataclass
 class DemoConfig:
     """The offline built-in example: SFT -> reward model (simulated annotators) -> PPO, with a report."""
 
-    output_dir: str = field(default="runs/demo", metadata={"help": "Report folder; stages write below it."})
-    seed: int = field(default=0, metadata={"help": "Seed of the corpus, annotators and every stage."})
-    resume: bool = field(default=False, metadata={"help": "Reuse finished stages and resume the running one."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
-    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
-    model: str = field(default="tiny-gpt2", metadata={"help": "Built-in model to start from (fresh weights)."})
-    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt in every stage."})
-    n_sft_examples: int = field(default=6000, metadata={"help": "Template reviews in the SFT corpus."})
-    n_preference_pairs: int = field(default=3000, metadata={"help": "Pairs of SFT-policy samples labelled for reward-model training."})
-    n_eval_pairs: int = field(default=600, metadata={"help": "Further labelled pairs held out to measure reward-model accuracy."})
-    annotator_betas: str = field(default="0.7,1.0,1.5", metadata={"help": "Comma-separated Bradley-Terry sharpness of each simulated annotator."})
+    output_dir: str = field(
+        default="runs/demo", metadata={"help": "Report folder; stages write below it."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the corpus, annotators and every stage."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Reuse finished stages and resume the running one."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    )
+    bf16_autocast: bool = field(
+        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
+    )
+    model: str = field(
+        default="tiny-gpt2", metadata={"help": "Built-in model to start from (fresh weights)."}
+    )
+    instruction: str = field(
+        default="", metadata={"help": "Text prepended to every prompt in every stage."}
+    )
+    n_sft_examples: int = field(
+        default=6000, metadata={"help": "Template reviews in the SFT corpus."}
+    )
+    n_preference_pairs: int = field(
+        default=3000,
+        metadata={"help": "Pairs of SFT-policy samples labelled for reward-model training."},
+    )
+    n_eval_pairs: int = field(
+        default=600,
+        metadata={"help": "Further labelled pairs held out to measure reward-model accuracy."},
+    )
+    annotator_betas: str = field(
+        default="0.7,1.0,1.5",
+        metadata={"help": "Comma-separated Bradley-Terry sharpness of each simulated annotator."},
+    )
     n_prompts: int = field(default=2048, metadata={"help": "Prompts in the PPO prompt set."})
-    n_eval_samples: int = field(default=512, metadata={"help": "Responses scored before and after PPO (>= 256)."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Response length cap (sampling for labels and evaluation)."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    n_eval_samples: int = field(
+        default=512, metadata={"help": "Responses scored before and after PPO (>= 256)."}
+    )
+    max_new_tokens: int = field(
+        default=32, metadata={"help": "Response length cap (sampling for labels and evaluation)."}
+    )
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch CPU threads (0: torch's default). One is fastest for this tiny model on a busy machine."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     sft: SFTConfig = field(default_factory=_sft_defaults, metadata={"help": "SFT stage settings."})
-    reward: RewardConfig = field(default_factory=_reward_defaults, metadata={"help": "Reward-model stage settings."})
+    reward: RewardConfig = field(
+        default_factory=_reward_defaults, metadata={"help": "Reward-model stage settings."}
+    )
     ppo: PPOConfig = field(default_factory=_ppo_defaults, metadata={"help": "PPO stage settings."})
 
 
@@ -80,11 +139,19 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(record) + "\n")
 
 
-def _labelled_pairs(policy: Any, tokenizer: Any, prompts: list[str], annotators: BradleyTerryAnnotators,
-                    cfg: DemoConfig, device: torch.device) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+def _labelled_pairs(
+    policy: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    annotators: BradleyTerryAnnotators,
+    cfg: DemoConfig,
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], list[float], list[float]]:
     """Two SFT-policy samples per prompt, labelled by the annotators (``candidate_*``/``choice`` form)."""
     doubled = [p for p in prompts for _ in range(2)]
-    responses = generate_responses(policy, tokenizer, doubled, max_new_tokens=cfg.max_new_tokens, device=device)
+    responses = generate_responses(
+        policy, tokenizer, doubled, max_new_tokens=cfg.max_new_tokens, device=device
+    )
     gold = gold_score(responses, doubled)
     gold_a, gold_b = gold[0::2], gold[1::2]
     choices = annotators.label(gold_a, gold_b)
@@ -100,15 +167,23 @@ def _labelled_pairs(policy: Any, tokenizer: Any, prompts: list[str], annotators:
 
 
 @torch.no_grad()
-def evaluate_policy(trainer: PPOTrainer, prompts: list[str], batch_size: int = 128) -> dict[str, Any]:
+def evaluate_policy(
+    trainer: PPOTrainer, prompts: list[str], batch_size: int = 128
+) -> dict[str, Any]:
     """Sample one response per prompt with the trainer's current policy; gold, proxy and KL of each."""
     samples: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         batch = trainer.rollout(prompts[start : start + batch_size])
-        seq_kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(-1)  # (B,) k1, unbiased
-        for p, r, proxy, kl in zip(batch.prompts, batch.responses, batch.raw_scores.tolist(), seq_kl.tolist()):
+        seq_kl = ((batch.logprobs - batch.ref_logprobs) * batch.response_mask).sum(
+            -1
+        )  # (B,) k1, unbiased
+        for p, r, proxy, kl in zip(
+            batch.prompts, batch.responses, batch.raw_scores.tolist(), seq_kl.tolist()
+        ):
             samples.append({"prompt": p, "response": r, "proxy": proxy, "kl": kl})
-    for s, g in zip(samples, gold_score([s["response"] for s in samples], [s["prompt"] for s in samples])):
+    for s, g in zip(
+        samples, gold_score([s["response"] for s in samples], [s["prompt"] for s in samples])
+    ):
         s["gold"] = g
     gold = [s["gold"] for s in samples]
     return {
@@ -139,18 +214,35 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     data = out / "data"
-    common = {"seed": cfg.seed, "resume": cfg.resume, "device": cfg.device, "bf16_autocast": cfg.bf16_autocast,
-              "instruction": cfg.instruction, "progress": cfg.progress}
+    common = {
+        "seed": cfg.seed,
+        "resume": cfg.resume,
+        "device": cfg.device,
+        "bf16_autocast": cfg.bf16_autocast,
+        "instruction": cfg.instruction,
+        "progress": cfg.progress,
+    }
     timings: dict[str, float] = {}
 
     # 1. corpus and prompts ------------------------------------------------------------
     _write_jsonl(data / "sft.jsonl", make_sft_corpus(cfg.n_sft_examples, seed=cfg.seed))
-    _write_jsonl(data / "prompts.jsonl", [{"prompt": p} for p in make_prompts(cfg.n_prompts, seed=cfg.seed + 1)])
+    _write_jsonl(
+        data / "prompts.jsonl",
+        [{"prompt": p} for p in make_prompts(cfg.n_prompts, seed=cfg.seed + 1)],
+    )
 
     # 2. SFT ---------------------------------------------------------------------------
     t = time.perf_counter()
-    sft_cfg = SFTConfig(**{**asdict(cfg.sft), **common, "output_dir": str(out / "sft"), "model": cfg.model,
-                           "tokenizer": "demo-words", "data": str(data / "sft.jsonl")})
+    sft_cfg = SFTConfig(
+        **{
+            **asdict(cfg.sft),
+            **common,
+            "output_dir": str(out / "sft"),
+            "model": cfg.model,
+            "tokenizer": "demo-words",
+            "data": str(data / "sft.jsonl"),
+        }
+    )
     sft_trainer = SFTTrainer(sft_cfg)
     sft_result = sft_trainer.train()
     timings["sft"] = time.perf_counter() - t
@@ -163,8 +255,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         pair_prompts_model = [f"{cfg.instruction} {p}" for p in pair_prompts]
     else:
         pair_prompts_model = pair_prompts
-    records, gold_c, gold_r = _labelled_pairs(sft_trainer.model, sft_trainer.tokenizer, pair_prompts_model,
-                                              annotators, cfg, sft_trainer.device)
+    records, gold_c, gold_r = _labelled_pairs(
+        sft_trainer.model,
+        sft_trainer.tokenizer,
+        pair_prompts_model,
+        annotators,
+        cfg,
+        sft_trainer.device,
+    )
     for r in records:  # the reward trainer prepends the instruction itself
         r["prompt"] = r["prompt"][len(cfg.instruction) + 1 :] if cfg.instruction else r["prompt"]
     n_dropped = len(pair_prompts) - len(records)
@@ -178,20 +276,39 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     # 4. reward model ------------------------------------------------------------------
     t = time.perf_counter()
     sft_dir = sft_result["model_dir"]
-    rm_cfg = RewardConfig(**{**asdict(cfg.reward), **common, "output_dir": str(out / "reward"), "model": sft_dir,
-                             "tokenizer": "", "data": str(data / "preferences_train.jsonl"),
-                             "eval_data": str(data / "preferences_eval.jsonl")})
+    rm_cfg = RewardConfig(
+        **{
+            **asdict(cfg.reward),
+            **common,
+            "output_dir": str(out / "reward"),
+            "model": sft_dir,
+            "tokenizer": "",
+            "data": str(data / "preferences_train.jsonl"),
+            "eval_data": str(data / "preferences_eval.jsonl"),
+        }
+    )
     rm_result = RewardTrainer(rm_cfg).train()
     timings["reward"] = time.perf_counter() - t
 
     # 5. PPO, with the SFT policy evaluated first --------------------------------------
     t = time.perf_counter()
-    ppo_cfg = PPOConfig(**{**asdict(cfg.ppo), **common, "output_dir": str(out / "ppo"), "policy": sft_dir,
-                           "tokenizer": "", "reward_model": rm_result["model_dir"],
-                           "prompts": str(data / "prompts.jsonl"), "max_new_tokens": cfg.max_new_tokens})
+    ppo_cfg = PPOConfig(
+        **{
+            **asdict(cfg.ppo),
+            **common,
+            "output_dir": str(out / "ppo"),
+            "policy": sft_dir,
+            "tokenizer": "",
+            "reward_model": rm_result["model_dir"],
+            "prompts": str(data / "prompts.jsonl"),
+            "max_new_tokens": cfg.max_new_tokens,
+        }
+    )
     ppo_trainer = PPOTrainer(ppo_cfg, sample_metrics=_gold_metrics)
-    eval_prompts = [f"{cfg.instruction} {p}" if cfg.instruction else p
-                    for p in make_prompts(cfg.n_eval_samples, seed=cfg.seed + 4)]
+    eval_prompts = [
+        f"{cfg.instruction} {p}" if cfg.instruction else p
+        for p in make_prompts(cfg.n_eval_samples, seed=cfg.seed + 4)
+    ]
     before = evaluate_policy(ppo_trainer, eval_prompts)
     timings["eval_sft"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -209,7 +326,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "gold_sft_std": before["gold_std"],
         "gold_ppo_mean": after["gold_mean"],
         "gold_ppo_std": after["gold_std"],
-        "gold_gain_in_sft_std": (after["gold_mean"] - before["gold_mean"]) / max(before["gold_std"], 1e-12),
+        "gold_gain_in_sft_std": (after["gold_mean"] - before["gold_mean"])
+        / max(before["gold_std"], 1e-12),
         "kl_ppo": after["kl_mean"],
         "kl_sft": before["kl_mean"],
         "proxy_sft_mean": before["proxy_mean"],

@@ -4,7 +4,11 @@ Import the stage modules directly (``rlhf_fast.trainers.ppo``): each needs torch
 ``transformers``, and the PPO trainer the Rust kernels.
 """
 
-from rlhf_fast.trainers.kl_controller import AdaptiveKLController, FixedKLController, make_kl_controller
+from rlhf_fast.trainers.kl_controller import (
+    AdaptiveKLController,
+    FixedKLController,
+    make_kl_controller,
+)
 from rlhf_fast.trainers.losses import bradley_terry_loss, clipped_surrogate_loss, clipped_value_loss
 
 __all__ = [

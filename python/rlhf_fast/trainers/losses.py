@@ -24,7 +24,9 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def bradley_terry_loss(
-    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, margin: Optional[torch.Tensor | float] = None
+    chosen_scores: torch.Tensor,
+    rejected_scores: torch.Tensor,
+    margin: Optional[torch.Tensor | float] = None,
 ) -> torch.Tensor:
     """``mean(-log sigmoid(r_chosen - r_rejected - margin))``.
 

@@ -37,15 +37,22 @@ from rlhf_fast.models import (
     backbone_of,
     disable_dropout,
     entropy_from_logits,
-    position_ids_from_mask,
     frozen_copy,
     load_causal_lm,
+    position_ids_from_mask,
     token_logprobs,
 )
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers.kl_controller import make_kl_controller
 from rlhf_fast.trainers.losses import clipped_surrogate_loss, clipped_value_loss
-from rlhf_fast.trainers.runtime import autocast, encode_text, pad_rows, resolve_device, seed_everything, with_instruction
+from rlhf_fast.trainers.runtime import (
+    autocast,
+    encode_text,
+    pad_rows,
+    resolve_device,
+    seed_everything,
+    with_instruction,
+)
 from rlhf_fast.trainers.sft import _default_tokenizer
 
 
@@ -53,50 +60,138 @@ from rlhf_fast.trainers.sft import _default_tokenizer
 class PPOConfig:
     """PPO fine-tuning of a policy against a reward model, with a KL penalty to the reference."""
 
-    output_dir: str = field(default="runs/ppo", metadata={"help": "Directory for the policy, metrics, samples and checkpoints."})
+    output_dir: str = field(
+        default="runs/ppo",
+        metadata={"help": "Directory for the policy, metrics, samples and checkpoints."},
+    )
     seed: int = field(default=0, metadata={"help": "Random seed (sampling, minibatch order)."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
-    policy: str = field(default="runs/sft/model", metadata={"help": "Initial policy (and reference): a local causal-LM directory or a built-in name."})
-    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the policy directory's."})
-    reward_model: str = field(default="runs/reward/model", metadata={"help": "Reward-model directory written by the reward trainer."})
-    value_model: str = field(default="", metadata={"help": "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk."})
-    shared_value_trunk: bool = field(default=False, metadata={"help": "Read values from the policy's own trunk instead of a separate critic."})
-    prompts: str = field(default="", metadata={"help": "Prompts: JSONL or Parquet file with a prompt field."})
-    prompt_field: str = field(default="prompt", metadata={"help": "Name of the prompt field in the prompts file."})
-    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed prompt records (and report how many) instead of stopping."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    )
+    policy: str = field(
+        default="runs/sft/model",
+        metadata={
+            "help": "Initial policy (and reference): a local causal-LM directory or a built-in name."
+        },
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "'bytes', 'demo-words' or a local directory; empty: the policy directory's."
+        },
+    )
+    reward_model: str = field(
+        default="runs/reward/model",
+        metadata={"help": "Reward-model directory written by the reward trainer."},
+    )
+    value_model: str = field(
+        default="",
+        metadata={
+            "help": "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk."
+        },
+    )
+    shared_value_trunk: bool = field(
+        default=False,
+        metadata={"help": "Read values from the policy's own trunk instead of a separate critic."},
+    )
+    prompts: str = field(
+        default="", metadata={"help": "Prompts: JSONL or Parquet file with a prompt field."}
+    )
+    prompt_field: str = field(
+        default="prompt", metadata={"help": "Name of the prompt field in the prompts file."}
+    )
+    skip_invalid: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip malformed prompt records (and report how many) instead of stopping."
+        },
+    )
     instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
-    max_steps: int = field(default=100, metadata={"help": "RL train steps: rollout + PPO epochs, this many times."})
-    rollout_batch_size: int = field(default=64, metadata={"help": "Prompts (= responses) per rollout."})
+    max_steps: int = field(
+        default=100, metadata={"help": "RL train steps: rollout + PPO epochs, this many times."}
+    )
+    rollout_batch_size: int = field(
+        default=64, metadata={"help": "Prompts (= responses) per rollout."}
+    )
     minibatch_size: int = field(default=16, metadata={"help": "Responses per PPO minibatch."})
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate (AdamW) of policy and value head."})
-    lr_multiplier: float = field(default=1.0, metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "Learning rate (AdamW) of policy and value head."}
+    )
+    lr_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
+    )
     max_new_tokens: int = field(default=32, metadata={"help": "Response length cap in tokens."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also divides the logits for logprobs)."})
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature (also divides the logits for logprobs)."},
+    )
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: off)."})
     gamma: float = field(default=1.0, metadata={"help": "Discount of the GAE recursion."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     clip_range: float = field(default=0.2, metadata={"help": "Policy ratio clip epsilon."})
-    value_clip_range: float = field(default=0.2, metadata={"help": "Value clip epsilon around the rollout values."})
+    value_clip_range: float = field(
+        default=0.2, metadata={"help": "Value clip epsilon around the rollout values."}
+    )
     vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss."})
     entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight (0: off)."})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (initial value when target_kl is set)."})
-    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimator in the reward: k1, abs, k2 or k3."})
-    target_kl: Optional[float] = field(default=None, metadata={"help": "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL controller horizon (sequences)."})
-    normalize_scores: bool = field(default=True, metadata={"help": "Normalise scores by the reward model's held-out mean and std."})
-    score_clip: Optional[float] = field(default=None, metadata={"help": "Clip (normalised) scores to [-score_clip, score_clip]; unset: no clip."})
-    missing_eos_penalty: Optional[float] = field(default=None, metadata={"help": "Subtract this from the score of responses cut at max_new_tokens."})
-    whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the rollout."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off."})
+    kl_coef: float = field(
+        default=0.05,
+        metadata={"help": "KL penalty coefficient (initial value when target_kl is set)."},
+    )
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "Per-token KL estimator in the reward: k1, abs, k2 or k3."}
+    )
+    target_kl: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."
+        },
+    )
+    kl_horizon: int = field(
+        default=10000, metadata={"help": "Adaptive KL controller horizon (sequences)."}
+    )
+    normalize_scores: bool = field(
+        default=True,
+        metadata={"help": "Normalise scores by the reward model's held-out mean and std."},
+    )
+    score_clip: Optional[float] = field(
+        default=None,
+        metadata={"help": "Clip (normalised) scores to [-score_clip, score_clip]; unset: no clip."},
+    )
+    missing_eos_penalty: Optional[float] = field(
+        default=None,
+        metadata={"help": "Subtract this from the score of responses cut at max_new_tokens."},
+    )
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Whiten advantages over the rollout."}
+    )
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
+    )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off."
+        },
+    )
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
     log_every: int = field(default=1, metadata={"help": "Log metrics every this many iterations."})
-    save_every: int = field(default=50, metadata={"help": "Write a checkpoint every this many iterations (and at the end)."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
-    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
-    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard event files."})
+    save_every: int = field(
+        default=50,
+        metadata={"help": "Write a checkpoint every this many iterations (and at the end)."},
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    )
+    bf16_autocast: bool = field(
+        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
+    )
+    tensorboard: bool = field(
+        default=True, metadata={"help": "Also write TensorBoard event files."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
@@ -123,10 +218,19 @@ class PPOTrainer:
     with each iteration's metrics (the demo logs the hidden gold score this way).
     """
 
-    def __init__(self, config: PPOConfig, prompts: Optional[list[str]] = None,
-                 sample_metrics: Optional[Callable[[list[str], list[str]], dict[str, float]]] = None) -> None:
+    def __init__(
+        self,
+        config: PPOConfig,
+        prompts: Optional[list[str]] = None,
+        sample_metrics: Optional[Callable[[list[str], list[str]], dict[str, float]]] = None,
+    ) -> None:
         cfg = config
-        if cfg.rollout_batch_size < 2 or cfg.minibatch_size < 1 or cfg.max_steps < 1 or cfg.ppo_epochs < 1:
+        if (
+            cfg.rollout_batch_size < 2
+            or cfg.minibatch_size < 1
+            or cfg.max_steps < 1
+            or cfg.ppo_epochs < 1
+        ):
             raise InvalidArgumentError(
                 "rollout_batch_size >= 2, minibatch_size, max_steps, ppo_epochs >= 1 expected, got "
                 f"{cfg.rollout_batch_size}, {cfg.minibatch_size}, {cfg.max_steps}, {cfg.ppo_epochs}"
@@ -139,12 +243,16 @@ class PPOTrainer:
         disable_dropout(policy)
         critic = None
         if not cfg.shared_value_trunk:
-            critic = backbone_of(load_causal_lm(cfg.value_model or cfg.policy, self.tokenizer, seed=cfg.seed))
+            critic = backbone_of(
+                load_causal_lm(cfg.value_model or cfg.policy, self.tokenizer, seed=cfg.seed)
+            )
             disable_dropout(critic)
         if cfg.lora_r > 0:  # reference = the same weights with the adapters switched off
             from peft import LoraConfig, get_peft_model
 
-            policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0))
+            policy = get_peft_model(
+                policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0)
+            )
             self.reference = None
         else:
             self.reference = frozen_copy(policy).to(self.device)
@@ -157,12 +265,16 @@ class PPOTrainer:
 
             if not cfg.prompts:
                 raise InvalidArgumentError("prompts: expected a path to a prompts file, got ''")
-            prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, skip_invalid=cfg.skip_invalid)
+            prompts = load_prompts(
+                cfg.prompts, field=cfg.prompt_field, skip_invalid=cfg.skip_invalid
+            )
         if len(prompts) == 0:
             raise InvalidArgumentError("prompts: expected at least one prompt, got none")
         self.prompts = [with_instruction(p, cfg.instruction) for p in prompts]
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate * cfg.lr_multiplier, eps=1e-5)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.learning_rate * cfg.lr_multiplier, eps=1e-5
+        )
         self.kl_controller = make_kl_controller(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.step = 0
 
@@ -181,8 +293,12 @@ class PPOTrainer:
     @torch.no_grad()
     def reference_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Reference policy's next-token logprobs ``[B, L-1]`` (same indexing as ``policy_forward``)."""
-        kwargs = dict(input_ids=ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        kwargs = dict(
+            input_ids=ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
         with autocast(self.device, self.config.bf16_autocast):
             if self.reference is None:
                 with self.model.policy.disable_adapter():
@@ -195,16 +311,26 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
         cfg, tok = self.config, self.tokenizer
-        query, query_mask = pad_rows([encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left")
+        query, query_mask = pad_rows(
+            [encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left"
+        )
         query, query_mask = query.to(self.device), query_mask.to(self.device)  # (B, Lq)
         n_prompt = query.shape[1]
         self.model.eval()
-        sample_kwargs: dict[str, Any] = {"do_sample": True, "temperature": cfg.temperature, "top_k": cfg.top_k,
-                                         "top_p": cfg.top_p}
+        sample_kwargs: dict[str, Any] = {
+            "do_sample": True,
+            "temperature": cfg.temperature,
+            "top_k": cfg.top_k,
+            "top_p": cfg.top_p,
+        }
         with autocast(self.device, cfg.bf16_autocast):
             out = self.model.generate(
-                input_ids=query, attention_mask=query_mask, max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **sample_kwargs,
+                input_ids=query,
+                attention_mask=query_mask,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                **sample_kwargs,
             )
         responses = out[:, n_prompt:]  # (B, T)
         is_eos = responses == tok.eos_token_id
@@ -226,39 +352,80 @@ class PPOTrainer:
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
-        return Rollout(prompts, texts, sequences, attention_mask, response_mask, logprobs, ref_logprobs,
-                       values, scores.float(), raw_scores.float())
+        return Rollout(
+            prompts,
+            texts,
+            sequences,
+            attention_mask,
+            response_mask,
+            logprobs,
+            ref_logprobs,
+            values,
+            scores.float(),
+            raw_scores.float(),
+        )
 
     # ------------------------------------------------------------------ 3-4. advantages and PPO epochs
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rust kernels: KL-shaped rewards -> GAE -> whitening. Returns (advantages, returns, kl), ``[B, T]``."""
         cfg, mask = self.config, batch.response_mask.float()
-        rewards, kl = ops.kl_shaped_rewards(batch.logprobs, batch.ref_logprobs, mask, batch.scores,
-                                            kl_coef=self.kl_controller.value, estimator=cfg.kl_estimator)
+        rewards, kl = ops.kl_shaped_rewards(
+            batch.logprobs,
+            batch.ref_logprobs,
+            mask,
+            batch.scores,
+            kl_coef=self.kl_controller.value,
+            estimator=cfg.kl_estimator,
+        )
         advantages, returns = ops.gae(rewards, batch.values, mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:
             advantages = ops.masked_whiten(advantages, mask)
         return advantages, returns, kl
 
-    def fill_buffer(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> RolloutBuffer:
+    def fill_buffer(
+        self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor
+    ) -> RolloutBuffer:
         """One buffer row per response: prompt + response tokens without padding.
 
         Per-token fields hold 0 on prompt tokens; ``is_response`` marks the response.
         """
         n_prompt = batch.sequences.shape[1] - batch.response_mask.shape[1]
-        buffer = RolloutBuffer({"input_ids": np.int64, "is_response": np.uint8, "old_logprobs": np.float32,
-                                "old_values": np.float32, "advantages": np.float32, "returns": np.float32})
-        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("input_ids", "is_response", "old_logprobs",
-                                                               "old_values", "advantages", "returns")}
-        per_token = {"old_logprobs": batch.logprobs, "old_values": batch.values,
-                     "advantages": advantages, "returns": returns}
+        buffer = RolloutBuffer(
+            {
+                "input_ids": np.int64,
+                "is_response": np.uint8,
+                "old_logprobs": np.float32,
+                "old_values": np.float32,
+                "advantages": np.float32,
+                "returns": np.float32,
+            }
+        )
+        rows: dict[str, list[np.ndarray]] = {
+            k: []
+            for k in (
+                "input_ids",
+                "is_response",
+                "old_logprobs",
+                "old_values",
+                "advantages",
+                "returns",
+            )
+        }
+        per_token = {
+            "old_logprobs": batch.logprobs,
+            "old_values": batch.values,
+            "advantages": advantages,
+            "returns": returns,
+        }
         prompt_mask = batch.attention_mask[:, :n_prompt].bool().cpu()
         ids = batch.sequences.cpu()
         lengths = batch.response_mask.sum(-1).tolist()
         for b, n_resp in enumerate(lengths):
             prompt_ids = ids[b, :n_prompt][prompt_mask[b]]
             n_prompt_b = prompt_ids.shape[0]
-            rows["input_ids"].append(torch.cat([prompt_ids, ids[b, n_prompt : n_prompt + n_resp]]).numpy())
+            rows["input_ids"].append(
+                torch.cat([prompt_ids, ids[b, n_prompt : n_prompt + n_resp]]).numpy()
+            )
             flag = np.zeros(n_prompt_b + n_resp, np.uint8)
             flag[n_prompt_b:] = 1
             rows["is_response"].append(flag)
@@ -275,18 +442,26 @@ class PPOTrainer:
         advantages, returns, kl = self.advantages(batch)
         buffer = self.fill_buffer(batch, advantages, returns)
         self.model.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "vclip", "akl", "ratio")}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("pg", "vf", "ent", "clip", "vclip", "akl", "ratio")
+        }
         for epoch in range(cfg.ppo_epochs):
             seed = cfg.seed * 1_000_003 + self.step * 131 + epoch
-            for mb in buffer.minibatches(cfg.minibatch_size, seed, side="right", as_torch=True, device=self.device):
+            for mb in buffer.minibatches(
+                cfg.minibatch_size, seed, side="right", as_torch=True, device=self.device
+            ):
                 attention_mask = mb["mask"].long()  # (M, L)
-                logprobs, values, entropy = self.policy_forward(mb["input_ids"], attention_mask)  # (M, L-1)
+                logprobs, values, entropy = self.policy_forward(
+                    mb["input_ids"], attention_mask
+                )  # (M, L-1)
                 mb_mask = mb["is_response"][:, 1:].float()  # token s+1 is a response token
                 old_logprobs, old_values = mb["old_logprobs"][:, 1:], mb["old_values"][:, 1:]
                 pg_loss, clipfrac, approx_kl = clipped_surrogate_loss(
-                    logprobs, old_logprobs, mb["advantages"][:, 1:], mb_mask, cfg.clip_range)
+                    logprobs, old_logprobs, mb["advantages"][:, 1:], mb_mask, cfg.clip_range
+                )
                 vf_loss, vf_clipfrac = clipped_value_loss(
-                    values, old_values, mb["returns"][:, 1:], mb_mask, cfg.value_clip_range)
+                    values, old_values, mb["returns"][:, 1:], mb_mask, cfg.value_clip_range
+                )
                 mean_entropy = (entropy * mb_mask).sum() / mb_mask.sum().clamp(min=1.0)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
                 self.optimizer.zero_grad(set_to_none=True)
@@ -295,13 +470,19 @@ class PPOTrainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 with torch.no_grad():
-                    ratio = ((logprobs - old_logprobs).exp() * mb_mask).sum() / mb_mask.sum().clamp(min=1.0)
-                for key, value in zip(stats, (pg_loss, vf_loss, mean_entropy, clipfrac, vf_clipfrac, approx_kl, ratio)):
+                    ratio = ((logprobs - old_logprobs).exp() * mb_mask).sum() / mb_mask.sum().clamp(
+                        min=1.0
+                    )
+                for key, value in zip(
+                    stats, (pg_loss, vf_loss, mean_entropy, clipfrac, vf_clipfrac, approx_kl, ratio)
+                ):
                     stats[key].append(float(value.detach()))
         n_prompt = batch.sequences.shape[1] - mask.shape[1]
         seq_kl = (kl * mask).sum(-1)  # (B,) nats per response
         new_coef = self.kl_controller.update(seq_kl.mean().item(), mask.shape[0])
-        returns_var = ((returns - (returns * mask).sum() / mask.sum()) ** 2 * mask).sum() / mask.sum()
+        returns_var = (
+            (returns - (returns * mask).sum() / mask.sum()) ** 2 * mask
+        ).sum() / mask.sum()
         residual_var = (((returns - batch.values) ** 2) * mask).sum() / mask.sum()
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         return {
@@ -309,7 +490,9 @@ class PPOTrainer:
             "objective/scores": batch.scores.mean().item(),
             "objective/raw_scores": batch.raw_scores.mean().item(),
             "objective/non_score_reward": (-self.kl_controller.value * seq_kl).mean().item(),
-            "objective/rlhf_reward": (batch.scores - self.kl_controller.value * seq_kl).mean().item(),
+            "objective/rlhf_reward": (batch.scores - self.kl_controller.value * seq_kl)
+            .mean()
+            .item(),
             "objective/entropy": (-(batch.logprobs * mask).sum(-1)).mean().item(),
             "objective/kl_coef": new_coef,
             "loss/policy_avg": mean(stats["pg"]),
@@ -321,7 +504,11 @@ class PPOTrainer:
             "val/ratio": mean(stats["ratio"]),
             "val/explained_variance": 1.0 - (residual_var / returns_var.clamp(min=1e-8)).item(),
             "val/num_response_tokens": mask.sum(-1).mean().item(),
-            "val/num_eos_tokens": (batch.sequences[:, n_prompt:] == self.tokenizer.eos_token_id).any(-1).float().sum().item(),
+            "val/num_eos_tokens": (batch.sequences[:, n_prompt:] == self.tokenizer.eos_token_id)
+            .any(-1)
+            .float()
+            .sum()
+            .item(),
         }
 
     # ------------------------------------------------------------------ 5. the loop
@@ -331,7 +518,9 @@ class PPOTrainer:
         out: list[str] = []
         while len(out) < bs:
             epoch, offset = divmod(step * bs + len(out), n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+            )
             out.extend(self.prompts[i] for i in perm[offset : offset + bs - len(out)].tolist())
         return out
 
@@ -346,7 +535,9 @@ class PPOTrainer:
             state = load_checkpoint(path, modules=modules, optimizers=optimizers)
             self.step = state["step"]
             self.kl_controller.load_state_dict(state["extra"]["kl_controller"])
-        logger = MetricsLogger(out, "ppo", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None)
+        logger = MetricsLogger(
+            out, "ppo", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None
+        )
         metrics: dict[str, float] = {}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="ppo", disable=not cfg.progress)
         while self.step < cfg.max_steps:
@@ -357,25 +548,40 @@ class PPOTrainer:
             self.step += 1
             elapsed = time.perf_counter() - t0
             n_tokens = batch.response_mask.sum().item()
-            metrics.update({"perf/tokens_per_second": n_tokens / elapsed,
-                            "perf/generated_tokens_per_second": n_tokens / max(t_rollout, 1e-9),
-                            "perf/seconds_per_step": elapsed})
+            metrics.update(
+                {
+                    "perf/tokens_per_second": n_tokens / elapsed,
+                    "perf/generated_tokens_per_second": n_tokens / max(t_rollout, 1e-9),
+                    "perf/seconds_per_step": elapsed,
+                }
+            )
             if self.sample_metrics is not None:
                 metrics.update(self.sample_metrics(batch.prompts, batch.responses))
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 logger.log(self.step, metrics)
             bar.update(1)
-            bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
+            bar.set_postfix(
+                score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
+            )
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(ckpt_dir, step=self.step, modules=modules, optimizers=optimizers,
-                                extra={"kl_controller": self.kl_controller.state_dict(), "config": asdict(cfg)})
+                save_checkpoint(
+                    ckpt_dir,
+                    step=self.step,
+                    modules=modules,
+                    optimizers=optimizers,
+                    extra={"kl_controller": self.kl_controller.state_dict(), "config": asdict(cfg)},
+                )
         bar.close()
         logger.close()
         policy_dir = out / "policy"
         self.model.save_pretrained(policy_dir)
         self.tokenizer.save_pretrained(policy_dir)
-        return {"stage": "ppo", "steps": self.step, "policy_dir": str(policy_dir),
-                **{k: v for k, v in metrics.items() if k.startswith(("objective/", "val/"))}}
+        return {
+            "stage": "ppo",
+            "steps": self.step,
+            "policy_dir": str(policy_dir),
+            **{k: v for k, v in metrics.items() if k.startswith(("objective/", "val/"))},
+        }
 
 
 def run_ppo(config: PPOConfig) -> dict[str, Any]:

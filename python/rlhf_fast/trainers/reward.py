@@ -39,39 +39,93 @@ from rlhf_fast.trainers.sft import _default_tokenizer, lr_lambda
 class RewardConfig:
     """Bradley-Terry reward model training on preference pairs."""
 
-    output_dir: str = field(default="runs/reward", metadata={"help": "Directory for the model, metrics and checkpoints."})
+    output_dir: str = field(
+        default="runs/reward",
+        metadata={"help": "Directory for the model, metrics and checkpoints."},
+    )
     seed: int = field(default=0, metadata={"help": "Random seed (head init, split, data order)."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
-    model: str = field(default="tiny-gpt2", metadata={"help": "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name."})
-    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."})
-    data: str = field(default="", metadata={"help": "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}."})
-    eval_data: str = field(default="", metadata={"help": "Held-out pairs; empty: split eval_fraction off data."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Share of data held out when eval_data is empty."})
-    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed records (and report how many) instead of stopping."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    )
+    model: str = field(
+        default="tiny-gpt2",
+        metadata={
+            "help": "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name."
+        },
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
+        },
+    )
+    data: str = field(
+        default="",
+        metadata={
+            "help": "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}."
+        },
+    )
+    eval_data: str = field(
+        default="", metadata={"help": "Held-out pairs; empty: split eval_fraction off data."}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of data held out when eval_data is empty."}
+    )
+    skip_invalid: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed records (and report how many) instead of stopping."},
+    )
     instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
     max_steps: int = field(default=300, metadata={"help": "Reward-model training steps."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_multiplier: float = field(default=1.0, metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."})
+    lr_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
-    margin: float = field(default=0.0, metadata={"help": "Margin m in -log sigmoid(r_w - r_l - m)."})
-    max_length: int = field(default=96, metadata={"help": "Longest prompt + response in tokens (longer ones keep their end)."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
-    eval_every: int = field(default=100, metadata={"help": "Evaluate held-out accuracy every this many steps (and at the end)."})
+    warmup_steps: int = field(
+        default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."}
+    )
+    margin: float = field(
+        default=0.0, metadata={"help": "Margin m in -log sigmoid(r_w - r_l - m)."}
+    )
+    max_length: int = field(
+        default=96,
+        metadata={"help": "Longest prompt + response in tokens (longer ones keep their end)."},
+    )
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
+    )
+    eval_every: int = field(
+        default=100,
+        metadata={"help": "Evaluate held-out accuracy every this many steps (and at the end)."},
+    )
     log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
-    save_every: int = field(default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
-    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
-    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard event files."})
+    save_every: int = field(
+        default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    )
+    bf16_autocast: bool = field(
+        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
+    )
+    tensorboard: bool = field(
+        default=True, metadata={"help": "Also write TensorBoard event files."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
 class RewardTrainer:
     """Owns the reward model, optimizer and pairs of one run; ``train()`` runs it."""
 
-    def __init__(self, config: RewardConfig, pairs: Optional[list[Any]] = None,
-                 eval_pairs: Optional[list[Any]] = None) -> None:
+    def __init__(
+        self,
+        config: RewardConfig,
+        pairs: Optional[list[Any]] = None,
+        eval_pairs: Optional[list[Any]] = None,
+    ) -> None:
         if config.max_steps < 1 or config.batch_size < 1:
             raise InvalidArgumentError(
                 f"max_steps, batch_size: expected >= 1, got {config.max_steps}, {config.batch_size}"
@@ -89,7 +143,9 @@ class RewardTrainer:
                 raise InvalidArgumentError("data: expected a path to preference pairs, got ''")
             pairs = load_preference_pairs(config.data, skip_invalid=config.skip_invalid)
             if config.eval_data:
-                eval_pairs = load_preference_pairs(config.eval_data, skip_invalid=config.skip_invalid)
+                eval_pairs = load_preference_pairs(
+                    config.eval_data, skip_invalid=config.skip_invalid
+                )
         if eval_pairs is None:
             n_eval = int(round(len(pairs) * config.eval_fraction))
             pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval :]
@@ -98,7 +154,8 @@ class RewardTrainer:
         self.train_rows = [self._encode(p) for p in pairs]  # (chosen ids, rejected ids)
         self.eval_rows = [self._encode(p) for p in eval_pairs]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate * config.lr_multiplier,
+            self.model.parameters(),
+            lr=config.learning_rate * config.lr_multiplier,
             weight_decay=config.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -126,7 +183,9 @@ class RewardTrainer:
         out: list[int] = []
         while len(out) < bs:
             epoch, offset = divmod(step * bs + len(out), n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+            )
             out.extend(perm[offset : offset + bs - len(out)].tolist())
         return out
 
@@ -158,10 +217,21 @@ class RewardTrainer:
 
         cfg, out = self.config, Path(self.config.output_dir)
         ckpt_dir = out / "checkpoints"
-        modules, optimizers, schedulers = {"model": self.model}, {"optimizer": self.optimizer}, {"scheduler": self.scheduler}
+        modules, optimizers, schedulers = (
+            {"model": self.model},
+            {"optimizer": self.optimizer},
+            {"scheduler": self.scheduler},
+        )
         if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-            self.step = load_checkpoint(path, modules=modules, optimizers=optimizers, schedulers=schedulers)["step"]
-        logger = MetricsLogger(out, "reward", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None)
+            self.step = load_checkpoint(
+                path, modules=modules, optimizers=optimizers, schedulers=schedulers
+            )["step"]
+        logger = MetricsLogger(
+            out,
+            "reward",
+            tensorboard=cfg.tensorboard,
+            resume_step=self.step if cfg.resume else None,
+        )
         self.model.train()
         eval_stats: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -181,13 +251,17 @@ class RewardTrainer:
             bar.update(1)
             metrics: dict[str, float] = {}
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                metrics.update({
-                    "train/loss": loss.item(),
-                    "train/accuracy": (chosen > rejected).float().mean().item(),
-                    "train/margin": (chosen - rejected).mean().item(),
-                    "train/learning_rate": self.scheduler.get_last_lr()[0],
-                    "perf/pairs_per_second": self.step * cfg.batch_size / (time.perf_counter() - t0),
-                })
+                metrics.update(
+                    {
+                        "train/loss": loss.item(),
+                        "train/accuracy": (chosen > rejected).float().mean().item(),
+                        "train/margin": (chosen - rejected).mean().item(),
+                        "train/learning_rate": self.scheduler.get_last_lr()[0],
+                        "perf/pairs_per_second": self.step
+                        * cfg.batch_size
+                        / (time.perf_counter() - t0),
+                    }
+                )
             if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                 eval_stats = self.evaluate()
                 metrics.update(eval_stats)
@@ -195,8 +269,14 @@ class RewardTrainer:
             if metrics:
                 logger.log(self.step, metrics)
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(ckpt_dir, step=self.step, modules=modules, optimizers=optimizers,
-                                schedulers=schedulers, extra={"config": asdict(cfg)})
+                save_checkpoint(
+                    ckpt_dir,
+                    step=self.step,
+                    modules=modules,
+                    optimizers=optimizers,
+                    schedulers=schedulers,
+                    extra={"config": asdict(cfg)},
+                )
         bar.close()
         logger.close()
         if not eval_stats:
@@ -206,9 +286,15 @@ class RewardTrainer:
         model_dir = out / "model"
         self.model.save_pretrained(model_dir)
         self.tokenizer.save_pretrained(model_dir)
-        return {"stage": "reward", "steps": self.step, "eval_accuracy": eval_stats.get("eval/accuracy", float("nan")),
-                "eval_loss": eval_stats.get("eval/loss", float("nan")), "n_train_pairs": len(self.train_rows),
-                "n_eval_pairs": len(self.eval_rows), "model_dir": str(model_dir)}
+        return {
+            "stage": "reward",
+            "steps": self.step,
+            "eval_accuracy": eval_stats.get("eval/accuracy", float("nan")),
+            "eval_loss": eval_stats.get("eval/loss", float("nan")),
+            "n_train_pairs": len(self.train_rows),
+            "n_eval_pairs": len(self.eval_rows),
+            "model_dir": str(model_dir),
+        }
 
 
 def run_reward(config: RewardConfig) -> dict[str, Any]:

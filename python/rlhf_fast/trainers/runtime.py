@@ -29,7 +29,7 @@ __all__ = [
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (libraries still draw from the global RNG)
     torch.manual_seed(seed)
 
 
@@ -45,7 +45,9 @@ def with_instruction(prompt: str, instruction: str) -> str:
     return f"{instruction} {prompt}" if instruction else prompt
 
 
-def encode_text(tokenizer: Any, text: str, *, add_eos: bool = False, continuation: bool = False) -> list[int]:
+def encode_text(
+    tokenizer: Any, text: str, *, add_eos: bool = False, continuation: bool = False
+) -> list[int]:
     """Token ids of ``text`` with no special tokens (``<eos>`` appended when asked).
 
     ``continuation``: the text follows earlier text (HF BPE tokenizers need the space).
@@ -53,7 +55,9 @@ def encode_text(tokenizer: Any, text: str, *, add_eos: bool = False, continuatio
     """
     if isinstance(tokenizer, Tokenizer):
         return tokenizer.encode(text, add_eos=add_eos)
-    ids = list(tokenizer(" " + text if continuation else text, add_special_tokens=False)["input_ids"])
+    ids = list(
+        tokenizer(" " + text if continuation else text, add_special_tokens=False)["input_ids"]
+    )
     if add_eos:
         ids.append(tokenizer.eos_token_id)
     return ids

@@ -36,27 +36,67 @@ from rlhf_fast.trainers.runtime import (
 class SFTConfig:
     """Supervised fine-tuning of a causal LM on ``{prompt, response}`` examples."""
 
-    output_dir: str = field(default="runs/sft", metadata={"help": "Directory for the model, metrics and checkpoints."})
-    seed: int = field(default=0, metadata={"help": "Random seed (weights of a built-in model, data order)."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
-    model: str = field(default="tiny-gpt2", metadata={"help": "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory."})
-    tokenizer: str = field(default="", metadata={"help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model."})
-    data: str = field(default="", metadata={"help": "SFT examples: a JSONL or Parquet file of {prompt, response} records."})
-    skip_invalid: bool = field(default=False, metadata={"help": "Skip malformed records (and report how many) instead of stopping."})
+    output_dir: str = field(
+        default="runs/sft", metadata={"help": "Directory for the model, metrics and checkpoints."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Random seed (weights of a built-in model, data order)."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    )
+    model: str = field(
+        default="tiny-gpt2",
+        metadata={
+            "help": "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory."
+        },
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model."
+        },
+    )
+    data: str = field(
+        default="",
+        metadata={"help": "SFT examples: a JSONL or Parquet file of {prompt, response} records."},
+    )
+    skip_invalid: bool = field(
+        default=False,
+        metadata={"help": "Skip malformed records (and report how many) instead of stopping."},
+    )
     instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
     max_steps: int = field(default=400, metadata={"help": "Optimizer steps."})
     batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_multiplier: float = field(default=1.0, metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."})
+    lr_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
-    max_length: int = field(default=96, metadata={"help": "Longest prompt + response in tokens (longer ones keep their start)."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."})
+    warmup_steps: int = field(
+        default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."}
+    )
+    max_length: int = field(
+        default=96,
+        metadata={"help": "Longest prompt + response in tokens (longer ones keep their start)."},
+    )
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
+    )
     log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
-    save_every: int = field(default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."})
-    bf16_autocast: bool = field(default=False, metadata={"help": "Run forward passes under bf16 autocast."})
-    tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard event files."})
+    save_every: int = field(
+        default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    )
+    bf16_autocast: bool = field(
+        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
+    )
+    tensorboard: bool = field(
+        default=True, metadata={"help": "Also write TensorBoard event files."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
 
@@ -107,7 +147,9 @@ class SFTTrainer:
     def _encode(self, example: Any) -> tuple[list[int], int]:
         prompt = with_instruction(example.prompt, self.config.instruction)
         prompt_ids = encode_text(self.tokenizer, prompt)
-        response_ids = encode_text(self.tokenizer, example.response, add_eos=True, continuation=True)
+        response_ids = encode_text(
+            self.tokenizer, example.response, add_eos=True, continuation=True
+        )
         ids = (prompt_ids + response_ids)[: self.config.max_length]
         return ids, min(len(prompt_ids), len(ids))
 
@@ -118,7 +160,9 @@ class SFTTrainer:
         out: list[int] = []
         while len(out) < bs:
             epoch, offset = divmod(start + len(out), n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+            )
             out.extend(perm[offset : offset + bs - len(out)].tolist())
         return out
 
@@ -129,7 +173,11 @@ class SFTTrainer:
         target_mask = mask.clone()
         for b, (_, start) in enumerate(rows):
             target_mask[b, :start] = 0  # prompt tokens are context, not targets
-        ids, mask, target_mask = ids.to(self.device), mask.to(self.device), target_mask.to(self.device)
+        ids, mask, target_mask = (
+            ids.to(self.device),
+            mask.to(self.device),
+            target_mask.to(self.device),
+        )
         with autocast(self.device, self.config.bf16_autocast):
             logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
         logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log p(token t+1 | <= t)
@@ -139,7 +187,11 @@ class SFTTrainer:
         with torch.no_grad():
             correct = (logits[:, :-1].argmax(-1) == ids[:, 1:]).float()
             accuracy = (correct * weights).sum() / n_tokens
-        return loss, {"loss": loss.item(), "token_accuracy": accuracy.item(), "tokens": n_tokens.item()}
+        return loss, {
+            "loss": loss.item(),
+            "token_accuracy": accuracy.item(),
+            "tokens": n_tokens.item(),
+        }
 
     def train(self) -> dict[str, Any]:
         from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -147,10 +199,18 @@ class SFTTrainer:
 
         cfg, out = self.config, Path(self.config.output_dir)
         ckpt_dir = out / "checkpoints"
-        modules, optimizers, schedulers = {"model": self.model}, {"optimizer": self.optimizer}, {"scheduler": self.scheduler}
+        modules, optimizers, schedulers = (
+            {"model": self.model},
+            {"optimizer": self.optimizer},
+            {"scheduler": self.scheduler},
+        )
         if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-            self.step = load_checkpoint(path, modules=modules, optimizers=optimizers, schedulers=schedulers)["step"]
-        logger = MetricsLogger(out, "sft", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None)
+            self.step = load_checkpoint(
+                path, modules=modules, optimizers=optimizers, schedulers=schedulers
+            )["step"]
+        logger = MetricsLogger(
+            out, "sft", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None
+        )
         self.model.train()
         stats: dict[str, float] = {}
         t0, tokens = time.perf_counter(), 0.0
@@ -160,7 +220,9 @@ class SFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item() if cfg.grad_clip > 0 else 0.0
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+                if cfg.grad_clip > 0
+                else 0.0
             )
             self.optimizer.step()
             self.scheduler.step()
@@ -169,24 +231,38 @@ class SFTTrainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 elapsed = time.perf_counter() - t0
-                logger.log(self.step, {
-                    "train/loss": stats["loss"],
-                    "train/token_accuracy": stats["token_accuracy"],
-                    "train/grad_norm": grad_norm,
-                    "train/learning_rate": self.scheduler.get_last_lr()[0],
-                    "perf/tokens_per_second": tokens / max(elapsed, 1e-9),
-                })
+                logger.log(
+                    self.step,
+                    {
+                        "train/loss": stats["loss"],
+                        "train/token_accuracy": stats["token_accuracy"],
+                        "train/grad_norm": grad_norm,
+                        "train/learning_rate": self.scheduler.get_last_lr()[0],
+                        "perf/tokens_per_second": tokens / max(elapsed, 1e-9),
+                    },
+                )
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(ckpt_dir, step=self.step, modules=modules, optimizers=optimizers,
-                                schedulers=schedulers, extra={"config": asdict(cfg)})
+                save_checkpoint(
+                    ckpt_dir,
+                    step=self.step,
+                    modules=modules,
+                    optimizers=optimizers,
+                    schedulers=schedulers,
+                    extra={"config": asdict(cfg)},
+                )
         bar.close()
         logger.close()
         model_dir = out / "model"
         self.model.save_pretrained(model_dir)
         self.tokenizer.save_pretrained(model_dir)
-        return {"stage": "sft", "steps": self.step, "final_loss": stats.get("loss", float("nan")),
-                "token_accuracy": stats.get("token_accuracy", float("nan")), "model_dir": str(model_dir)}
+        return {
+            "stage": "sft",
+            "steps": self.step,
+            "final_loss": stats.get("loss", float("nan")),
+            "token_accuracy": stats.get("token_accuracy", float("nan")),
+            "model_dir": str(model_dir),
+        }
 
 
 def _default_tokenizer(model: str) -> str:
