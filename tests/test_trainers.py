@@ -218,3 +218,60 @@ def test_trainers_reject_bad_configs(tmp_path, stage_dirs):
         SFTTrainer(SFTConfig(output_dir=str(tmp_path), **QUIET))
     with pytest.raises(InvalidArgumentError, match="reward_model"):
         PPOTrainer(ppo_config(stage_dirs, tmp_path, reward_model=str(tmp_path)), prompts=PROMPTS)
+
+
+def test_ppo_with_lora_uses_the_adapter_free_model_as_reference(tmp_path, stage_dirs):
+    pytest.importorskip("peft")
+    trainer = PPOTrainer(ppo_config(stage_dirs, tmp_path, lora_r=4, max_steps=1), prompts=PROMPTS)
+    assert trainer.reference is None  # no second copy of the weights
+    n_trainable = sum(p.numel() for p in trainer.model.policy.parameters() if p.requires_grad)
+    assert 0 < n_trainable < sum(p.numel() for p in trainer.model.policy.parameters()) / 4
+    batch = trainer.rollout(PROMPTS)
+    torch.testing.assert_close(batch.logprobs, batch.ref_logprobs)  # LoRA B starts at zero
+    result = trainer.train()
+    assert math.isfinite(result["objective/kl"])
+    assert (
+        load_causal_lm(result["policy_dir"], trainer.tokenizer) is not None
+    )  # merged, plain model
+
+
+def test_ppo_step_under_bf16_autocast(tmp_path, stage_dirs):
+    trainer = PPOTrainer(ppo_config(stage_dirs, tmp_path, bf16_autocast=True), prompts=PROMPTS)
+    metrics = trainer.train_step(trainer.rollout(PROMPTS))
+    assert math.isfinite(metrics["loss/policy_avg"]) and math.isfinite(metrics["loss/value_avg"])
+
+
+def test_pipeline_runs_the_three_stages_from_files(tmp_path):
+    import json
+
+    from rlhf_fast.pipeline import PipelineConfig, run_pipeline
+
+    pairs = separable_pairs(40, 0)
+    files = {
+        "sft.jsonl": [{"prompt": p.prompt, "response": p.chosen} for p in pairs],
+        "prefs.jsonl": [
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs
+        ],
+        "prompts.jsonl": [{"prompt": p} for p in PROMPTS],
+    }
+    for name, records in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = PipelineConfig(
+        output_dir=str(tmp_path / "run"),
+        tokenizer="demo-words",
+        device="cpu",
+        sft_data=str(tmp_path / "sft.jsonl"),
+        preference_data=str(tmp_path / "prefs.jsonl"),
+        prompts=str(tmp_path / "prompts.jsonl"),
+        instruction="write a short review .",
+    )
+    for stage in (cfg.sft, cfg.reward, cfg.ppo):
+        stage.max_steps, stage.tensorboard, stage.progress = 2, False, False
+    cfg.sft.batch_size = cfg.reward.batch_size = 8
+    cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size, cfg.ppo.max_new_tokens = 4, 2, 4
+    results = run_pipeline(cfg)
+    assert [results[s]["steps"] for s in ("sft", "reward", "ppo")] == [2, 2, 2]
+    assert results["reward"]["n_eval_pairs"] == 4  # eval_fraction 0.1 of 40
+    assert (tmp_path / "run" / "ppo" / "policy" / "config.json").is_file()
+    cfg.resume = True  # finished stages are skipped
+    assert run_pipeline(cfg)["sft"]["skipped"] == "finished earlier"

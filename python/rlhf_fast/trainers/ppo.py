@@ -249,10 +249,15 @@ class PPOTrainer:
             disable_dropout(critic)
         if cfg.lora_r > 0:  # reference = the same weights with the adapters switched off
             from peft import LoraConfig, get_peft_model
+            from transformers.pytorch_utils import Conv1D
 
-            policy = get_peft_model(
-                policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0)
+            gpt2_style = any(
+                isinstance(m, Conv1D) for m in policy.modules()
+            )  # weights stored (in, out)
+            lora = LoraConfig(
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, fan_in_fan_out=gpt2_style
             )
+            policy = get_peft_model(policy, lora)
             self.reference = None
         else:
             self.reference = frozen_copy(policy).to(self.device)
