@@ -25,12 +25,16 @@ fn main() {
         let inp = GaeInputs { rewards: &r, values: &v, mask, dones: None, bootstrap_values: None, rows: Rows::Padded { rows, cols } };
         let p = GaeParams { gamma: 1.0, lam: 0.95, check_finite: true };
         let mut times = Vec::new();
-        for _ in 0..50 {
+        for _ in 0..reps() {
             let t = Instant::now();
             gae(&inp, &p, &mut a, &mut ret).unwrap();
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
-        println!("{label:8} threads={threads} median {:.3} ms  min {:.3} ms", times[25], times[0]);
+        println!("{label:8} threads={threads} median {:.3} ms  min {:.3} ms", times[times.len() / 2], times[0]);
     }
+}
+
+fn reps() -> usize {
+    std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(50)
 }

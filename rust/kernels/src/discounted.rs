@@ -4,11 +4,13 @@
 //! There the recursion is `A_t = delta_t + c * A_{t+1}` with a constant
 //! `c = gamma * lam` and `delta_t = r_t + gamma * V_{t+1} - V_t`, which is data
 //! parallel except for one carry. In blocks of [`BLOCK`] positions:
-//! `A[i..i+K] = M @ delta[i..i+K] + p * A[i+K]`, where `M[a][b] = c^(b-a)` for
-//! `b >= a` (upper-triangular Toeplitz) and `p[a] = c^(K-a)`. The matrix product
-//! vectorises (broadcast + multiply-add), and the serial chain shrinks to one
-//! multiply-add per block instead of one per position. Results equal the
-//! step-by-step recursion up to rounding (the sums associate differently).
+//! `A[i..i+K] = S(delta[i..i+K]) + p * A[i+K]`, where `S` is the in-block
+//! discounted suffix sum `S(d)[a] = sum_j c^j d[a+j]`, computed as a three-step
+//! Hillis-Steele scan (strides 1, 2, 4 with factors c, c^2, c^4), and
+//! `p[a] = c^(K-a)`. The scan vectorises (a lane shift and a multiply-add per
+//! step), and the serial chain shrinks to one multiply-add per block instead of
+//! one per position. Results equal the step-by-step recursion up to rounding
+//! (the sums associate differently).
 
 use crate::float::Float;
 
@@ -17,8 +19,8 @@ pub const BLOCK: usize = 8;
 
 /// Powers of `c` used by every block.
 pub struct BlockPowers<T> {
-    /// `cols[b][a] = c^(b-a)` for `b >= a`, else 0: column `b` of `M`.
-    cols: [[T; BLOCK]; BLOCK],
+    /// `c^1, c^2, c^4`: the factors of the scan's three steps.
+    strides: [T; 3],
     /// `carry[a] = c^(K-a)`: how much of the next block's first advantage reaches `a`.
     carry: [T; BLOCK],
 }
@@ -27,7 +29,7 @@ impl<T: Float> BlockPowers<T> {
     pub fn new(c: f64) -> Self {
         let pow = |k: usize| T::from_f64(c.powi(k as i32));
         Self {
-            cols: std::array::from_fn(|b| std::array::from_fn(|a| if b >= a { pow(b - a) } else { T::ZERO })),
+            strides: [pow(1), pow(2), pow(4)],
             carry: std::array::from_fn(|a| pow(BLOCK - a)),
         }
     }
@@ -75,18 +77,20 @@ fn dense_gae_impl<T: Float, const FUSED: bool>(
         next_v = v;
         next_a = a;
     }
-    for start in (0..blocked).step_by(BLOCK).rev() {
+    let mut start = blocked;
+    while start >= BLOCK {
+        start -= BLOCK;
         let r: &[T; BLOCK] = rew[start..start + BLOCK].try_into().expect("block");
         let v: &[T; BLOCK] = val[start..start + BLOCK].try_into().expect("block");
-        let delta: [T; BLOCK] = std::array::from_fn(|a| {
-            let v_next = if a + 1 < BLOCK { v[a + 1] } else { next_v };
-            gamma.mul_add_if::<FUSED>(v_next, r[a]) - v[a]
-        });
-        let mut y = [T::ZERO; BLOCK];
-        for (col, &d) in powers.cols.iter().zip(&delta) {
-            for a in 0..BLOCK {
-                y[a] = col[a].mul_add_if::<FUSED>(d, y[a]);
-            }
+        let mut v_next = [next_v; BLOCK];
+        v_next[..BLOCK - 1].copy_from_slice(&v[1..]);
+        let mut y: [T; BLOCK] = std::array::from_fn(|a| gamma.mul_add_if::<FUSED>(v_next[a], r[a]) - v[a]);
+        // Hillis-Steele scan: after the step with stride k, y[a] sums
+        // c^j * delta[a + j] for j < 2k (within the block).
+        for (step, &ck) in powers.strides.iter().enumerate() {
+            let k = 1 << step;
+            let shifted: [T; BLOCK] = std::array::from_fn(|a| if a + k < BLOCK { y[a + k] } else { T::ZERO });
+            y = std::array::from_fn(|a| ck.mul_add_if::<FUSED>(shifted[a], y[a]));
         }
         let out_a: &mut [T; BLOCK] = (&mut adv[start..start + BLOCK]).try_into().expect("block");
         let out_r: &mut [T; BLOCK] = (&mut ret[start..start + BLOCK]).try_into().expect("block");
@@ -115,7 +119,9 @@ pub enum MaskShape {
 
 /// Classifies a mask in vectorised passes (a sum and an OR over the bytes).
 pub fn mask_shape(mask: &[u8]) -> MaskShape {
-    let (ones, flags) = mask.iter().fold((0usize, 0u8), |(n, f), &m| (n + usize::from(m), f | m));
+    let flags = mask.iter().fold(0u8, |f, &m| f | m);
+    // Counted in u32 lanes (vectorises well) per chunk small enough not to overflow.
+    let ones: usize = mask.chunks(1 << 24).map(|c| c.iter().map(|&m| u32::from(m)).sum::<u32>() as usize).sum();
     if flags > 1 {
         return MaskShape::Invalid;
     }
@@ -124,7 +130,7 @@ pub fn mask_shape(mask: &[u8]) -> MaskShape {
     }
     let start = first_nonzero(mask);
     let end = start + ones;
-    if end <= mask.len() && mask[start..end].iter().map(|&m| usize::from(m)).sum::<usize>() == ones {
+    if end <= mask.len() && mask[start..end].iter().fold(true, |ok, &m| ok & (m == 1)) {
         MaskShape::Run(start, end)
     } else {
         MaskShape::Holes
@@ -141,6 +147,19 @@ fn first_nonzero(mask: &[u8]) -> usize {
         base += 16;
     }
     base + words.remainder().iter().position(|&m| m != 0).unwrap_or(words.remainder().len())
+}
+
+/// Index of the last nonzero byte, scanning 16 bytes at a time from the end.
+pub fn last_nonzero(mask: &[u8]) -> Option<usize> {
+    let mut words = mask.rchunks_exact(16);
+    let mut end = mask.len();
+    for w in words.by_ref() {
+        if w.iter().fold(0u8, |f, &m| f | m) != 0 {
+            return w.iter().rposition(|&m| m != 0).map(|i| end - 16 + i);
+        }
+        end -= 16;
+    }
+    words.remainder().iter().rposition(|&m| m != 0)
 }
 
 #[cfg(test)]
@@ -184,5 +203,8 @@ mod tests {
         let mut long = vec![0u8; 50];
         long[33..47].fill(1);
         assert_eq!(mask_shape(&long), MaskShape::Run(33, 47));
+        assert_eq!(last_nonzero(&long), Some(46));
+        assert_eq!(last_nonzero(&long[..33]), None);
+        assert_eq!(last_nonzero(&[1, 0, 0]), Some(0));
     }
 }

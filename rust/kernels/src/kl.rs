@@ -8,7 +8,8 @@
 //! its **last** token that takes part (never on the padding after it); 0 elsewhere.
 
 use crate::error::{KernelError, Result};
-use crate::float::{any_non_finite, Float};
+use crate::discounted::last_nonzero;
+use crate::float::Float;
 use crate::gae::check_len;
 use crate::layout::{describe_index, split_rows_mut, Rows};
 use crate::parallel::{self, RowError};
@@ -155,27 +156,28 @@ fn shape_with<T: Float>(
 ) -> std::result::Result<(), RowError> {
     let lp = &inp.logprobs[start..end];
     let rp = &inp.ref_logprobs[start..end];
+    let n = lp.len();
+    assert!(rp.len() == n && rew.len() == n && kl.len() == n);
     let neg_coef = T::from_f64(-params.kl_coef);
-    let (lo, hi) = params.clamp.map_or((T::ZERO, T::ZERO), |c| (T::from_f64(-c), T::from_f64(c)));
-    let clamp = params.clamp.is_some();
-    // One past the last position that takes part (0: none); a max-reduction, so
-    // the loop still vectorises.
-    let mut last_end = 0usize;
-    match inp.mask.map(|m| &m[start..end]) {
+    // Without a clamp the bounds are infinite: one branch-free loop either way.
+    let (lo, hi) = params.clamp.map_or((T::from_f64(f64::NEG_INFINITY), T::from_f64(f64::INFINITY)), |c| {
+        (T::from_f64(-c), T::from_f64(c))
+    });
+    // An OR of per-element checks (not a float sum: float reductions do not
+    // vectorise without reassociation).
+    let mut bad = false;
+    let last_end = match inp.mask.map(|m| &m[start..end]) {
         Some(mask) => {
+            assert!(mask.len() == n);
             let mut seen = 0u8;
-            for (t, ((((&a, &b), &m), r), k)) in
-                lp.iter().zip(rp).zip(mask).zip(rew.iter_mut()).zip(kl.iter_mut()).enumerate()
-            {
+            for t in 0..n {
+                let m = mask[t];
                 seen |= m;
-                let mut e = estimate(a - b);
-                if clamp {
-                    e = e.clamp_to(lo, hi);
-                }
+                let e = estimate(lp[t] - rp[t]).clamp_to(lo, hi);
                 let on = m != 0;
-                *k = if on { e } else { T::ZERO };
-                *r = if on { neg_coef * e } else { T::ZERO };
-                last_end = last_end.max((t + 1) * usize::from(on));
+                kl[t] = if on { e } else { T::ZERO };
+                rew[t] = if on { neg_coef * e } else { T::ZERO };
+                bad |= !(kl[t].is_finite() & rew[t].is_finite());
             }
             if seen > 1 {
                 let i = mask.iter().position(|&m| m > 1).expect("seen a flag > 1");
@@ -188,23 +190,23 @@ fn shape_with<T: Float>(
                     )),
                 ));
             }
+            last_nonzero(mask).map_or(0, |t| t + 1)
         }
         None => {
-            for (((&a, &b), r), k) in lp.iter().zip(rp).zip(rew.iter_mut()).zip(kl.iter_mut()) {
-                let mut e = estimate(a - b);
-                if clamp {
-                    e = e.clamp_to(lo, hi);
-                }
-                *k = e;
-                *r = neg_coef * e;
+            for t in 0..n {
+                let e = estimate(lp[t] - rp[t]).clamp_to(lo, hi);
+                kl[t] = e;
+                rew[t] = neg_coef * e;
+                bad |= !(e.is_finite() & rew[t].is_finite());
             }
-            last_end = end - start;
+            n
         }
-    }
+    };
     if let Some(t) = last_end.checked_sub(1) {
         rew[t] = rew[t] + inp.scores[row];
+        bad |= !rew[t].is_finite();
     }
-    if params.check_finite && (any_non_finite(kl) || any_non_finite(rew)) {
+    if params.check_finite && bad {
         return Err((row, non_finite(inp, row, start, end)));
     }
     Ok(())
