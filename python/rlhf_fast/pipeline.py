@@ -17,6 +17,7 @@ from typing import Any
 
 from rlhf_fast.trainers.ppo import PPOConfig, run_ppo
 from rlhf_fast.trainers.reward import RewardConfig, run_reward
+from rlhf_fast.trainers.runtime import option
 from rlhf_fast.trainers.sft import SFTConfig, run_sft
 
 
@@ -24,46 +25,25 @@ from rlhf_fast.trainers.sft import SFTConfig, run_sft
 class PipelineConfig:
     """SFT, then a Bradley-Terry reward model, then PPO, each stage starting from the last."""
 
-    output_dir: str = field(
-        default="runs/pipeline",
-        metadata={"help": "Root directory; stages write into sft/, reward/ and ppo/ below it."},
+    output_dir: str = option(
+        "runs/pipeline", "Root directory; stages write into sft/, reward/ and ppo/ below it."
     )
-    seed: int = field(default=0, metadata={"help": "Random seed of every stage."})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "Skip finished stages and continue the running one from its last checkpoint."
-        },
+    seed: int = option(0, "Random seed of every stage.")
+    resume: bool = option(
+        False, "Skip finished stages and continue the running one from its last checkpoint."
     )
-    model: str = field(
-        default="tiny-gpt2",
-        metadata={"help": "Base model: a built-in name or a local causal-LM directory."},
+    model: str = option("tiny-gpt2", "Base model: a built-in name or a local causal-LM directory.")
+    tokenizer: str = option(
+        "", "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
     )
-    tokenizer: str = field(
-        default="",
-        metadata={
-            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
-        },
+    sft_data: str = option(
+        "", "SFT examples {prompt, response} (JSONL/Parquet); empty: skip SFT and use model as is."
     )
-    sft_data: str = field(
-        default="",
-        metadata={
-            "help": "SFT examples {prompt, response} (JSONL/Parquet); empty: skip SFT and use model as is."
-        },
-    )
-    preference_data: str = field(
-        default="", metadata={"help": "Preference pairs for the reward model (JSONL/Parquet)."}
-    )
-    prompts: str = field(default="", metadata={"help": "Prompts for PPO (JSONL/Parquet)."})
-    instruction: str = field(
-        default="", metadata={"help": "Text prepended to every prompt in every stage."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
-    )
-    bf16_autocast: bool = field(
-        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
-    )
+    preference_data: str = option("", "Preference pairs for the reward model (JSONL/Parquet).")
+    prompts: str = option("", "Prompts for PPO (JSONL/Parquet).")
+    instruction: str = option("", "Text prepended to every prompt in every stage.")
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT stage settings."})
     reward: RewardConfig = field(
         default_factory=RewardConfig, metadata={"help": "Reward-model stage settings."}

@@ -30,6 +30,7 @@ from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import generate_responses
 from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
 from rlhf_fast.trainers.reward import RewardConfig, RewardTrainer
+from rlhf_fast.trainers.runtime import option
 from rlhf_fast.trainers.sft import SFTConfig, SFTTrainer
 
 
@@ -75,56 +76,31 @@ def _ppo_defaults() -> PPOConfig:
 class DemoConfig:
     """The offline built-in example: SFT -> reward model (simulated annotators) -> PPO, with a report."""
 
-    output_dir: str = field(
-        default="runs/demo", metadata={"help": "Report folder; stages write below it."}
+    output_dir: str = option("runs/demo", "Report folder; stages write below it.")
+    seed: int = option(0, "Seed of the corpus, annotators and every stage.")
+    resume: bool = option(False, "Reuse finished stages and resume the running one.")
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    model: str = option("tiny-gpt2", "Built-in model to start from (fresh weights).")
+    instruction: str = option("", "Text prepended to every prompt in every stage.")
+    n_sft_examples: int = option(6000, "Template reviews in the SFT corpus.")
+    n_preference_pairs: int = option(
+        3000, "Pairs of SFT-policy samples labelled for reward-model training."
     )
-    seed: int = field(
-        default=0, metadata={"help": "Seed of the corpus, annotators and every stage."}
+    n_eval_pairs: int = option(
+        600, "Further labelled pairs held out to measure reward-model accuracy."
     )
-    resume: bool = field(
-        default=False, metadata={"help": "Reuse finished stages and resume the running one."}
+    annotator_betas: str = option(
+        "0.7,1.0,1.5", "Comma-separated Bradley-Terry sharpness of each simulated annotator."
     )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
+    n_prompts: int = option(2048, "Prompts in the PPO prompt set.")
+    n_eval_samples: int = option(512, "Responses scored before and after PPO (>= 256).")
+    max_new_tokens: int = option(32, "Response length cap (sampling for labels and evaluation).")
+    threads: int = option(
+        1,
+        "torch CPU threads (0: torch's default). One is fastest for this tiny model on a busy machine.",
     )
-    bf16_autocast: bool = field(
-        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
-    )
-    model: str = field(
-        default="tiny-gpt2", metadata={"help": "Built-in model to start from (fresh weights)."}
-    )
-    instruction: str = field(
-        default="", metadata={"help": "Text prepended to every prompt in every stage."}
-    )
-    n_sft_examples: int = field(
-        default=6000, metadata={"help": "Template reviews in the SFT corpus."}
-    )
-    n_preference_pairs: int = field(
-        default=3000,
-        metadata={"help": "Pairs of SFT-policy samples labelled for reward-model training."},
-    )
-    n_eval_pairs: int = field(
-        default=600,
-        metadata={"help": "Further labelled pairs held out to measure reward-model accuracy."},
-    )
-    annotator_betas: str = field(
-        default="0.7,1.0,1.5",
-        metadata={"help": "Comma-separated Bradley-Terry sharpness of each simulated annotator."},
-    )
-    n_prompts: int = field(default=2048, metadata={"help": "Prompts in the PPO prompt set."})
-    n_eval_samples: int = field(
-        default=512, metadata={"help": "Responses scored before and after PPO (>= 256)."}
-    )
-    max_new_tokens: int = field(
-        default=32, metadata={"help": "Response length cap (sampling for labels and evaluation)."}
-    )
-    threads: int = field(
-        default=1,
-        metadata={
-            "help": "torch CPU threads (0: torch's default). One is fastest for this tiny model on a busy machine."
-        },
-    )
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    progress: bool = option(True, "Show progress bars.")
     sft: SFTConfig = field(default_factory=_sft_defaults, metadata={"help": "SFT stage settings."})
     reward: RewardConfig = field(
         default_factory=_reward_defaults, metadata={"help": "Reward-model stage settings."}

@@ -20,7 +20,7 @@ Deviation from TRL: the reward model's score is normalised by its held-out mean/
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -47,152 +47,94 @@ from rlhf_fast.trainers.kl_controller import make_kl_controller
 from rlhf_fast.trainers.losses import clipped_surrogate_loss, clipped_value_loss
 from rlhf_fast.trainers.runtime import (
     autocast,
+    default_tokenizer_spec,
     encode_text,
+    option,
     pad_rows,
     resolve_device,
     seed_everything,
     with_instruction,
 )
-from rlhf_fast.trainers.sft import _default_tokenizer
 
 
 @dataclass
 class PPOConfig:
     """PPO fine-tuning of a policy against a reward model, with a KL penalty to the reference."""
 
-    output_dir: str = field(
-        default="runs/ppo",
-        metadata={"help": "Directory for the policy, metrics, samples and checkpoints."},
+    output_dir: str = option(
+        "runs/ppo", "Directory for the policy, metrics, samples and checkpoints."
     )
-    seed: int = field(default=0, metadata={"help": "Random seed (sampling, minibatch order)."})
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    seed: int = option(0, "Random seed (sampling, minibatch order).")
+    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    policy: str = option(
+        "runs/sft/model",
+        "Initial policy (and reference): a local causal-LM directory or a built-in name.",
     )
-    policy: str = field(
-        default="runs/sft/model",
-        metadata={
-            "help": "Initial policy (and reference): a local causal-LM directory or a built-in name."
-        },
+    tokenizer: str = option(
+        "", "'bytes', 'demo-words' or a local directory; empty: the policy directory's."
     )
-    tokenizer: str = field(
-        default="",
-        metadata={
-            "help": "'bytes', 'demo-words' or a local directory; empty: the policy directory's."
-        },
+    reward_model: str = option(
+        "runs/reward/model", "Reward-model directory written by the reward trainer."
     )
-    reward_model: str = field(
-        default="runs/reward/model",
-        metadata={"help": "Reward-model directory written by the reward trainer."},
+    value_model: str = option(
+        "",
+        "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk.",
     )
-    value_model: str = field(
-        default="",
-        metadata={
-            "help": "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk."
-        },
+    shared_value_trunk: bool = option(
+        False, "Read values from the policy's own trunk instead of a separate critic."
     )
-    shared_value_trunk: bool = field(
-        default=False,
-        metadata={"help": "Read values from the policy's own trunk instead of a separate critic."},
+    prompts: str = option("", "Prompts: JSONL or Parquet file with a prompt field.")
+    prompt_field: str = option("prompt", "Name of the prompt field in the prompts file.")
+    skip_invalid: bool = option(
+        False, "Skip malformed prompt records (and report how many) instead of stopping."
     )
-    prompts: str = field(
-        default="", metadata={"help": "Prompts: JSONL or Parquet file with a prompt field."}
+    instruction: str = option("", "Text prepended to every prompt.")
+    max_steps: int = option(100, "RL train steps: rollout + PPO epochs, this many times.")
+    rollout_batch_size: int = option(64, "Prompts (= responses) per rollout.")
+    minibatch_size: int = option(16, "Responses per PPO minibatch.")
+    ppo_epochs: int = option(4, "Passes over each rollout.")
+    learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
+    lr_multiplier: float = option(
+        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
     )
-    prompt_field: str = field(
-        default="prompt", metadata={"help": "Name of the prompt field in the prompts file."}
+    max_new_tokens: int = option(32, "Response length cap in tokens.")
+    temperature: float = option(1.0, "Sampling temperature (also divides the logits for logprobs).")
+    top_k: int = option(0, "Top-k sampling (0: off).")
+    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
+    gamma: float = option(1.0, "Discount of the GAE recursion.")
+    lam: float = option(0.95, "GAE lambda.")
+    clip_range: float = option(0.2, "Policy ratio clip epsilon.")
+    value_clip_range: float = option(0.2, "Value clip epsilon around the rollout values.")
+    vf_coef: float = option(0.5, "Weight of the value loss.")
+    entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")
+    kl_coef: float = option(0.05, "KL penalty coefficient (initial value when target_kl is set).")
+    kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1, abs, k2 or k3.")
+    target_kl: Optional[float] = option(
+        None, "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."
     )
-    skip_invalid: bool = field(
-        default=False,
-        metadata={
-            "help": "Skip malformed prompt records (and report how many) instead of stopping."
-        },
+    kl_horizon: int = option(10000, "Adaptive KL controller horizon (sequences).")
+    normalize_scores: bool = option(
+        True, "Normalise scores by the reward model's held-out mean and std."
     )
-    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
-    max_steps: int = field(
-        default=100, metadata={"help": "RL train steps: rollout + PPO epochs, this many times."}
+    score_clip: Optional[float] = option(
+        None, "Clip (normalised) scores to [-score_clip, score_clip]; unset: no clip."
     )
-    rollout_batch_size: int = field(
-        default=64, metadata={"help": "Prompts (= responses) per rollout."}
+    missing_eos_penalty: Optional[float] = option(
+        None, "Subtract this from the score of responses cut at max_new_tokens."
     )
-    minibatch_size: int = field(default=16, metadata={"help": "Responses per PPO minibatch."})
-    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout."})
-    learning_rate: float = field(
-        default=1e-4, metadata={"help": "Learning rate (AdamW) of policy and value head."}
+    whiten_advantages: bool = option(True, "Whiten advantages over the rollout.")
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
+    lora_r: int = option(
+        0,
+        "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off.",
     )
-    lr_multiplier: float = field(
-        default=1.0,
-        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
-    )
-    max_new_tokens: int = field(default=32, metadata={"help": "Response length cap in tokens."})
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "Sampling temperature (also divides the logits for logprobs)."},
-    )
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: off)."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount of the GAE recursion."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    clip_range: float = field(default=0.2, metadata={"help": "Policy ratio clip epsilon."})
-    value_clip_range: float = field(
-        default=0.2, metadata={"help": "Value clip epsilon around the rollout values."}
-    )
-    vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss."})
-    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight (0: off)."})
-    kl_coef: float = field(
-        default=0.05,
-        metadata={"help": "KL penalty coefficient (initial value when target_kl is set)."},
-    )
-    kl_estimator: str = field(
-        default="k1", metadata={"help": "Per-token KL estimator in the reward: k1, abs, k2 or k3."}
-    )
-    target_kl: Optional[float] = field(
-        default=None,
-        metadata={
-            "help": "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."
-        },
-    )
-    kl_horizon: int = field(
-        default=10000, metadata={"help": "Adaptive KL controller horizon (sequences)."}
-    )
-    normalize_scores: bool = field(
-        default=True,
-        metadata={"help": "Normalise scores by the reward model's held-out mean and std."},
-    )
-    score_clip: Optional[float] = field(
-        default=None,
-        metadata={"help": "Clip (normalised) scores to [-score_clip, score_clip]; unset: no clip."},
-    )
-    missing_eos_penalty: Optional[float] = field(
-        default=None,
-        metadata={"help": "Subtract this from the score of responses cut at max_new_tokens."},
-    )
-    whiten_advantages: bool = field(
-        default=True, metadata={"help": "Whiten advantages over the rollout."}
-    )
-    grad_clip: float = field(
-        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
-    )
-    lora_r: int = field(
-        default=0,
-        metadata={
-            "help": "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off."
-        },
-    )
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
-    log_every: int = field(default=1, metadata={"help": "Log metrics every this many iterations."})
-    save_every: int = field(
-        default=50,
-        metadata={"help": "Write a checkpoint every this many iterations (and at the end)."},
-    )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
-    )
-    bf16_autocast: bool = field(
-        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
-    )
-    tensorboard: bool = field(
-        default=True, metadata={"help": "Also write TensorBoard event files."}
-    )
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    lora_alpha: float = option(16.0, "LoRA alpha.")
+    log_every: int = option(1, "Log metrics every this many iterations.")
+    save_every: int = option(50, "Write a checkpoint every this many iterations (and at the end).")
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    tensorboard: bool = option(True, "Also write TensorBoard event files.")
+    progress: bool = option(True, "Show a progress bar.")
 
 
 @dataclass
@@ -238,7 +180,7 @@ class PPOTrainer:
         self.config, self.sample_metrics = cfg, sample_metrics
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
-        self.tokenizer = load_tokenizer(cfg.tokenizer or _default_tokenizer(cfg.policy))
+        self.tokenizer = load_tokenizer(cfg.tokenizer or default_tokenizer_spec(cfg.policy))
         policy = load_causal_lm(cfg.policy, self.tokenizer, seed=cfg.seed)
         disable_dropout(policy)
         critic = None

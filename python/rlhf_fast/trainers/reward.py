@@ -13,7 +13,7 @@ so PPO can normalise them. Writes ``output_dir/model``, metrics and checkpoints.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,95 +26,63 @@ from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers.losses import bradley_terry_loss
 from rlhf_fast.trainers.runtime import (
     autocast,
+    default_tokenizer_spec,
     encode_text,
+    option,
     pad_rows,
     resolve_device,
     seed_everything,
     with_instruction,
 )
-from rlhf_fast.trainers.sft import _default_tokenizer, lr_lambda
+from rlhf_fast.trainers.sft import lr_lambda
 
 
 @dataclass
 class RewardConfig:
     """Bradley-Terry reward model training on preference pairs."""
 
-    output_dir: str = field(
-        default="runs/reward",
-        metadata={"help": "Directory for the model, metrics and checkpoints."},
+    output_dir: str = option("runs/reward", "Directory for the model, metrics and checkpoints.")
+    seed: int = option(0, "Random seed (head init, split, data order).")
+    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    model: str = option(
+        "tiny-gpt2",
+        "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name.",
     )
-    seed: int = field(default=0, metadata={"help": "Random seed (head init, split, data order)."})
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    tokenizer: str = option(
+        "", "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
     )
-    model: str = field(
-        default="tiny-gpt2",
-        metadata={
-            "help": "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name."
-        },
+    data: str = option(
+        "",
+        "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}.",
     )
-    tokenizer: str = field(
-        default="",
-        metadata={
-            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
-        },
+    eval_data: str = option("", "Held-out pairs; empty: split eval_fraction off data.")
+    eval_fraction: float = option(0.1, "Share of data held out when eval_data is empty.")
+    skip_invalid: bool = option(
+        False, "Skip malformed records (and report how many) instead of stopping."
     )
-    data: str = field(
-        default="",
-        metadata={
-            "help": "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}."
-        },
+    instruction: str = option("", "Text prepended to every prompt.")
+    max_steps: int = option(300, "Reward-model training steps.")
+    batch_size: int = option(32, "Pairs per optimizer step.")
+    learning_rate: float = option(5e-4, "Peak learning rate (AdamW).")
+    lr_multiplier: float = option(
+        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
     )
-    eval_data: str = field(
-        default="", metadata={"help": "Held-out pairs; empty: split eval_fraction off data."}
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
+    margin: float = option(0.0, "Margin m in -log sigmoid(r_w - r_l - m).")
+    max_length: int = option(
+        96, "Longest prompt + response in tokens (longer ones keep their end)."
     )
-    eval_fraction: float = field(
-        default=0.1, metadata={"help": "Share of data held out when eval_data is empty."}
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
+    eval_every: int = option(
+        100, "Evaluate held-out accuracy every this many steps (and at the end)."
     )
-    skip_invalid: bool = field(
-        default=False,
-        metadata={"help": "Skip malformed records (and report how many) instead of stopping."},
-    )
-    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
-    max_steps: int = field(default=300, metadata={"help": "Reward-model training steps."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per optimizer step."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_multiplier: float = field(
-        default=1.0,
-        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(
-        default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."}
-    )
-    margin: float = field(
-        default=0.0, metadata={"help": "Margin m in -log sigmoid(r_w - r_l - m)."}
-    )
-    max_length: int = field(
-        default=96,
-        metadata={"help": "Longest prompt + response in tokens (longer ones keep their end)."},
-    )
-    grad_clip: float = field(
-        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
-    )
-    eval_every: int = field(
-        default=100,
-        metadata={"help": "Evaluate held-out accuracy every this many steps (and at the end)."},
-    )
-    log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
-    save_every: int = field(
-        default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
-    )
-    bf16_autocast: bool = field(
-        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
-    )
-    tensorboard: bool = field(
-        default=True, metadata={"help": "Also write TensorBoard event files."}
-    )
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    log_every: int = option(10, "Log metrics every this many steps.")
+    save_every: int = option(200, "Write a checkpoint every this many steps (and at the end).")
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    tensorboard: bool = option(True, "Also write TensorBoard event files.")
+    progress: bool = option(True, "Show a progress bar.")
 
 
 class RewardTrainer:
@@ -133,7 +101,7 @@ class RewardTrainer:
         self.config = config
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
-        self.tokenizer = load_tokenizer(config.tokenizer or _default_tokenizer(config.model))
+        self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         lm = load_causal_lm(config.model, self.tokenizer, seed=config.seed)
         self.model = RewardModel.from_causal_lm(lm).to(self.device)
         if pairs is None:

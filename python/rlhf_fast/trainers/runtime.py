@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Sequence
+from dataclasses import field
 from typing import Any
 
 import numpy as np
@@ -18,12 +19,26 @@ from rlhf_fast.tokenizer import Tokenizer
 
 __all__ = [
     "autocast",
+    "default_tokenizer_spec",
+    "option",
     "encode_text",
     "pad_rows",
     "resolve_device",
     "seed_everything",
     "with_instruction",
 ]
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text (the CLI and the config files read ``metadata``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def default_tokenizer_spec(model: str) -> str:
+    """The tokenizer to use when none is named: the model directory's, or bytes for a built-in."""
+    from pathlib import Path
+
+    return model if Path(model).is_dir() else "bytes"
 
 
 def seed_everything(seed: int) -> None:

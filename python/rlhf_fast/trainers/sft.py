@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +24,9 @@ from rlhf_fast.models import load_causal_lm, token_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers.runtime import (
     autocast,
+    default_tokenizer_spec,
     encode_text,
+    option,
     pad_rows,
     resolve_device,
     seed_everything,
@@ -36,68 +38,40 @@ from rlhf_fast.trainers.runtime import (
 class SFTConfig:
     """Supervised fine-tuning of a causal LM on ``{prompt, response}`` examples."""
 
-    output_dir: str = field(
-        default="runs/sft", metadata={"help": "Directory for the model, metrics and checkpoints."}
+    output_dir: str = option("runs/sft", "Directory for the model, metrics and checkpoints.")
+    seed: int = option(0, "Random seed (weights of a built-in model, data order).")
+    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
+    model: str = option(
+        "tiny-gpt2",
+        "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory.",
     )
-    seed: int = field(
-        default=0, metadata={"help": "Random seed (weights of a built-in model, data order)."}
+    tokenizer: str = option(
+        "",
+        "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model.",
     )
-    resume: bool = field(
-        default=False, metadata={"help": "Continue from the last checkpoint in output_dir."}
+    data: str = option("", "SFT examples: a JSONL or Parquet file of {prompt, response} records.")
+    skip_invalid: bool = option(
+        False, "Skip malformed records (and report how many) instead of stopping."
     )
-    model: str = field(
-        default="tiny-gpt2",
-        metadata={
-            "help": "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory."
-        },
+    instruction: str = option("", "Text prepended to every prompt.")
+    max_steps: int = option(400, "Optimizer steps.")
+    batch_size: int = option(32, "Examples per optimizer step.")
+    learning_rate: float = option(1e-3, "Peak learning rate (AdamW).")
+    lr_multiplier: float = option(
+        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
     )
-    tokenizer: str = field(
-        default="",
-        metadata={
-            "help": "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model."
-        },
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
+    max_length: int = option(
+        96, "Longest prompt + response in tokens (longer ones keep their start)."
     )
-    data: str = field(
-        default="",
-        metadata={"help": "SFT examples: a JSONL or Parquet file of {prompt, response} records."},
-    )
-    skip_invalid: bool = field(
-        default=False,
-        metadata={"help": "Skip malformed records (and report how many) instead of stopping."},
-    )
-    instruction: str = field(default="", metadata={"help": "Text prepended to every prompt."})
-    max_steps: int = field(default=400, metadata={"help": "Optimizer steps."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_multiplier: float = field(
-        default=1.0,
-        metadata={"help": "Multiplies learning_rate (the per-stage knob of hosted pipelines)."},
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(
-        default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."}
-    )
-    max_length: int = field(
-        default=96,
-        metadata={"help": "Longest prompt + response in tokens (longer ones keep their start)."},
-    )
-    grad_clip: float = field(
-        default=1.0, metadata={"help": "Clip the global gradient norm to this (0: off)."}
-    )
-    log_every: int = field(default=10, metadata={"help": "Log metrics every this many steps."})
-    save_every: int = field(
-        default=200, metadata={"help": "Write a checkpoint every this many steps (and at the end)."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'."}
-    )
-    bf16_autocast: bool = field(
-        default=False, metadata={"help": "Run forward passes under bf16 autocast."}
-    )
-    tensorboard: bool = field(
-        default=True, metadata={"help": "Also write TensorBoard event files."}
-    )
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
+    log_every: int = option(10, "Log metrics every this many steps.")
+    save_every: int = option(200, "Write a checkpoint every this many steps (and at the end).")
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    tensorboard: bool = option(True, "Also write TensorBoard event files.")
+    progress: bool = option(True, "Show a progress bar.")
 
 
 def lr_lambda(warmup_steps: int, max_steps: int):
@@ -123,7 +97,7 @@ class SFTTrainer:
         self.config = config
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
-        self.tokenizer = load_tokenizer(config.tokenizer or _default_tokenizer(config.model))
+        self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         self.model = load_causal_lm(config.model, self.tokenizer, seed=config.seed).to(self.device)
         if examples is None:
             from rlhf_fast.data import load_sft_examples
@@ -263,10 +237,6 @@ class SFTTrainer:
             "token_accuracy": stats.get("token_accuracy", float("nan")),
             "model_dir": str(model_dir),
         }
-
-
-def _default_tokenizer(model: str) -> str:
-    return model if Path(model).is_dir() else "bytes"
 
 
 def run_sft(config: SFTConfig) -> dict[str, Any]:
