@@ -10,7 +10,7 @@ use crate::float::Float;
 use crate::gae::check_len;
 use crate::parallel;
 
-/// Elements per moment block.
+/// Elements per moment block (a block's count fits a u32).
 pub const BLOCK: usize = 4096;
 
 /// Count, mean and sum of squared deviations from the mean (`m2`).
@@ -50,79 +50,65 @@ impl Moments {
     }
 }
 
-#[inline]
-fn take<T: Float>(x: T, m: u8) -> f64 {
-    if m != 0 {
-        x.to_f64()
-    } else {
-        0.0
-    }
-}
-
 crate::simd::multiversion! {
     /// Moments of one block and the OR of its mask bytes.
     fn block_moments<T: Float>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) => block_moments_impl
 }
 
-/// Four accumulators so the sums vectorise.
+/// Lanes of independent accumulators: sums over fixed-width chunks vectorise,
+/// where one running float sum would not (float addition does not reassociate).
+const LANES: usize = 8;
+
 #[inline(always)]
 fn block_moments_impl<T: Float, const FUSED: bool>(x: &[T], mask: Option<&[u8]>) -> (Moments, u8) {
-    let mut sums = [0.0f64; 4];
-    let mut counts = [0u64; 4];
-    let mut flags = 0u8;
-    match mask {
-        Some(mask) => {
-            let mut xc = x.chunks_exact(4);
-            let mut mc = mask.chunks_exact(4);
-            for (xs, ms) in xc.by_ref().zip(mc.by_ref()) {
-                for i in 0..4 {
-                    flags |= ms[i];
-                    sums[i] += take(xs[i], ms[i]);
-                    counts[i] += u64::from(ms[i] != 0);
-                }
-            }
-            for (&xv, &mv) in xc.remainder().iter().zip(mc.remainder()) {
-                flags |= mv;
-                sums[0] += take(xv, mv);
-                counts[0] += u64::from(mv != 0);
-            }
-        }
-        None => {
-            let mut xc = x.chunks_exact(4);
-            for xs in xc.by_ref() {
-                for i in 0..4 {
-                    sums[i] += xs[i].to_f64();
-                }
-            }
-            for &xv in xc.remainder() {
-                sums[0] += xv.to_f64();
-            }
-            counts[0] = x.len() as u64;
-        }
-    }
-    let count: u64 = counts.iter().sum();
+    // The mask's statistics first: byte-wide OR and count vectorise on their own.
+    let (count, flags) = match mask {
+        Some(m) => (m.iter().map(|&v| u32::from(v != 0)).sum::<u32>(), m.iter().fold(0u8, |f, &v| f | v)),
+        None => (x.len() as u32, 0),
+    };
     if count == 0 {
         return (Moments::EMPTY, flags);
     }
-    let mean = (sums[0] + sums[1] + sums[2] + sums[3]) / count as f64;
-    let mut sq = [0.0f64; 4];
-    let dev = |v: T| {
+    let sum = lane_sum(x, mask, |v| v.to_f64());
+    let mean = sum / f64::from(count);
+    let m2 = lane_sum(x, mask, |v| {
         let d = v.to_f64() - mean;
         d * d
-    };
+    });
+    (Moments { count: u64::from(count), mean, m2 }, flags)
+}
+
+/// Sum of `f(x)` over the masked elements, in float64 lanes.
+#[inline(always)]
+fn lane_sum<T: Float>(x: &[T], mask: Option<&[u8]>, f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
     match mask {
-        Some(mask) => {
-            for (i, (&xv, &mv)) in x.iter().zip(mask).enumerate() {
-                sq[i % 4] += if mv != 0 { dev(xv) } else { 0.0 };
+        Some(m) => {
+            let m_chunks = m.chunks_exact(LANES);
+            let m_tail = m_chunks.remainder();
+            for (xs, ms) in chunks.zip(m_chunks) {
+                for i in 0..LANES {
+                    acc[i] += if ms[i] != 0 { f(xs[i]) } else { 0.0 };
+                }
+            }
+            for (&v, &mv) in tail.iter().zip(m_tail) {
+                acc[0] += if mv != 0 { f(v) } else { 0.0 };
             }
         }
         None => {
-            for (i, &xv) in x.iter().enumerate() {
-                sq[i % 4] += dev(xv);
+            for xs in chunks {
+                for i in 0..LANES {
+                    acc[i] += f(xs[i]);
+                }
+            }
+            for &v in tail {
+                acc[0] += f(v);
             }
         }
     }
-    (Moments { count, mean, m2: sq[0] + sq[1] + sq[2] + sq[3] }, flags)
+    acc.iter().sum()
 }
 
 /// Moments of the elements where `mask` is 1 (all elements when `mask` is None).
