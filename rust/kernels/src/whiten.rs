@@ -69,7 +69,7 @@ fn block_moments_impl<T: Float, const FUSED: bool>(x: &[T], mask: Option<&[u8]>)
     if count == 0 {
         return (Moments::EMPTY, flags);
     }
-    let sum = lane_sum(x, mask, |v| v.to_f64());
+    let sum = lane_sum(x, mask, T::to_f64);
     let mean = sum / f64::from(count);
     let m2 = lane_sum(x, mask, |v| {
         let d = v.to_f64() - mean;
