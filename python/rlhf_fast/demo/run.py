@@ -74,7 +74,12 @@ def _ppo_defaults() -> PPOConfig:
 
 @dataclass
 class DemoConfig:
-    """The offline built-in example: SFT -> reward model (simulated annotators) -> PPO, with a report."""
+    """The offline built-in example: SFT -> reward model (simulated annotators) -> PPO, with a report.
+
+    The nested ``sft``, ``reward`` and ``ppo`` settings are the stages' own; the demo sets
+    their ``output_dir``, model, tokenizer and data paths, and passes its ``seed``,
+    ``resume``, ``device``, ``bf16_autocast``, ``instruction`` and ``progress`` down.
+    """
 
     output_dir: str = option("runs/demo", "Report folder; stages write below it.")
     seed: int = option(0, "Seed of the corpus, annotators and every stage.")
@@ -182,6 +187,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from rlhf_fast.demo.report import write_report
 
     cfg = config
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the stage bars
+    # generate() in decode steps feeds <pad> for finished rows and transformers then warns about
+    # a missing attention mask; left padding is handled (tests/test_models.py), so keep it quiet.
+    hf_logging.set_verbosity_error()
     if cfg.n_eval_samples < 2:
         raise InvalidArgumentError(f"n_eval_samples: expected >= 2, got {cfg.n_eval_samples}")
     if cfg.threads > 0:
