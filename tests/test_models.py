@@ -139,3 +139,23 @@ def test_generate_responses_batches_and_stops(tok, lm):
     torch.manual_seed(0)
     texts = generate_responses(lm, tok, ["review the lamp :"] * 5, max_new_tokens=6, batch_size=2)
     assert len(texts) == 5 and all(isinstance(t, str) for t in texts)
+
+
+def test_generation_with_left_padding_matches_unpadded(tok, lm):
+    def step_scores(prompts):
+        ids, mask = pad_rows([encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left")
+        out = lm.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=5,
+            output_scores=True,
+            return_dict_in_generate=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        return torch.stack(out.scores, 1)  # (B, steps, V)
+
+    alone = step_scores(["review the lamp :"])
+    padded = step_scores(["review the lamp :", "write a short positive review of the lamp : it is"])
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
