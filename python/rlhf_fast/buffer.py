@@ -309,7 +309,7 @@ class RolloutBuffer:
         for indices in ops.minibatch_indices(len(self), minibatch_size, seed, drop_last):
             batch: dict[str, Any] = {}
             for name, store in self._tokens.items():
-                pad = pads.get(name, 0) if pads is not None else pad_value
+                pad: Any = pads.get(name, 0) if pads is not None else pad_value
                 batch[name], batch["mask"] = ops.pad_ragged(
                     store.view(), pad, side, length, offsets=offsets, indices=indices
                 )

@@ -71,7 +71,7 @@ def _tensor_to_host(t: Any) -> Any:
     already is one, a pinned host copy for device tensors, else one contiguous copy."""
     t = t.detach()
     if t.device.type != "cpu":
-        host = _torch().empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host = _host_buffer(t.shape, t.dtype, t.device)
         host.copy_(t)
         return host
     if t.is_conj():
@@ -79,6 +79,12 @@ def _tensor_to_host(t: Any) -> Any:
     if t.is_neg():
         t = t.resolve_neg()
     return t if t.is_contiguous() else t.contiguous()
+
+
+def _host_buffer(shape: Any, dtype: Any, device: Any) -> Any:
+    """A CPU tensor to stage data for ``device``: pinned for CUDA, so copies are fast
+    and the copy back can be asynchronous."""
+    return _torch().empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
 
 
 def _numpy_dtype_of_tensor(t: Any) -> np.dtype | None:
@@ -207,7 +213,10 @@ class _Call:
     def _to_numpy(self, x: Any, name: str) -> np.ndarray:
         if _is_tensor(x):
             if _numpy_dtype_of_tensor(x) is None:
-                return self._bad_dtype(name, x, str(x.dtype))
+                raise InvalidDtypeError(
+                    f"{self.fn}: {name} is {_describe(x)}, a dtype rlhf_fast does not take; "
+                    f"cast it, e.g. {name}.float() for float data"
+                )
             return _tensor_to_host(x).numpy()
         if isinstance(x, np.ndarray):
             return x
@@ -218,7 +227,7 @@ class _Call:
                 f"{self.fn}: {name} must be an array or tensor, got {_describe(x)} ({err})"
             ) from err
 
-    def _bad_dtype(self, name: str, x: Any, dtype: str) -> Any:
+    def _bad_dtype(self, name: str, x: Any) -> Any:
         raise InvalidDtypeError(
             f"{self.fn}: {name} must hold float32 or float64, got {_describe(x)}; "
             f"cast it, e.g. {name}.astype(np.float32) or {name}.float()"
@@ -239,7 +248,7 @@ class _Call:
             raise InvalidArgumentError(f"{self.fn}: {name} is required, got None")
         arr = self._to_numpy(x, name)
         if arr.dtype not in _FLOAT_DTYPES:
-            self._bad_dtype(name, x, str(arr.dtype))
+            self._bad_dtype(name, x)
         if ndim is not None and arr.ndim != ndim:
             raise InvalidArgumentError(
                 f"{self.fn}: {name} must be {ndim}-D{layout}, got {arr.ndim}-D "
@@ -312,10 +321,9 @@ class _Call:
 
     def output(self, given: Any, name: str, shape: tuple[int, ...]) -> _Output:
         """Validates a caller's ``out=`` array, or prepares where a fresh result goes."""
-        torch = _torch()
         if given is None:
             if self.on_device:
-                staging = torch.empty(shape, dtype=_torch_dtype(self.dtype), pin_memory=True)
+                staging = _host_buffer(shape, _torch_dtype(self.dtype), self.device)
                 return _Output(self, None, staging.numpy(), staging)
             return _Output(self, None, None, None)
         if _is_tensor(given):
@@ -329,7 +337,7 @@ class _Call:
             if problems:
                 raise InvalidArgumentError(f"{self.fn}: {name} has " + ", ".join(problems))
             if given.device.type != "cpu":
-                staging = torch.empty(shape, dtype=given.dtype, pin_memory=True)
+                staging = _host_buffer(shape, given.dtype, given.device)
                 return _Output(self, given, staging.numpy(), staging)
             return _Output(self, given, given.detach().numpy(), None)
         if not isinstance(given, np.ndarray):
@@ -409,7 +417,8 @@ def gae(
         bootstrap_values: ``[B]`` value after each row's last masked step, for rows
             cut off before their episode ended (truncation); ``None`` means 0.
         dones: ``[B, T]`` (``[N]`` packed) 0/1; 1 on a step that ends an episode
-            inside the row: the next value and advantage are 0 there.
+            inside the row: the next value and advantage are 0 there. (CleanRL's
+            ``dones[t + 1]``, "the next observation starts an episode", is ``dones[t]`` here.)
         cu_seqlens: ``[B + 1]`` int offsets for the packed layout (with ``mask=None``).
         advantages_out, returns_out: optional C-contiguous arrays of the result's
             shape and dtype to write into (no allocation).
@@ -447,22 +456,16 @@ def gae(
     gamma = _unit_interval(fn, gamma, "gamma")
     lam = _unit_interval(fn, lam, "lam")
     check_finite = _flag(fn, check_finite, "check_finite")
-    if cu_seqlens is None:
-        r = call.floats(rewards, "rewards", ndim=2, layout=" [B, T] (or pass cu_seqlens)")
-        call.not_empty(r, "rewards")
-        shape = r.shape
-        v = call.floats(values, "values", shape=shape, like=" (the shape of rewards)")
-        like = "rewards"
-        m = None if mask is None else call.mask(mask, "mask", shape, like)
-    else:
+    packed = cu_seqlens is not None
+    if packed:
         call.no_mask_with_packed(mask)
-        r = call.floats(rewards, "rewards", ndim=1, layout=" [N] when cu_seqlens is given")
-        call.not_empty(r, "rewards")
-        shape = r.shape
-        v = call.floats(values, "values", shape=shape, like=" (the shape of rewards)")
-        like = "rewards"
-        m = None
-    d = None if dones is None else call.mask(dones, "dones", shape, like)
+    layout = " [N] when cu_seqlens is given" if packed else " [B, T] (or pass cu_seqlens)"
+    r = call.floats(rewards, "rewards", ndim=1 if packed else 2, layout=layout)
+    call.not_empty(r, "rewards")
+    shape = r.shape
+    v = call.floats(values, "values", shape=shape, like=" (the shape of rewards)")
+    m = None if mask is None else call.mask(mask, "mask", shape, "rewards")
+    d = None if dones is None else call.mask(dones, "dones", shape, "rewards")
     if cu_seqlens is not None:
         offsets = call.offsets(cu_seqlens, "cu_seqlens", shape[0])
     elif m is None:
@@ -475,12 +478,15 @@ def gae(
     )
     adv_out = call.output(advantages_out, "advantages_out", shape)
     ret_out = call.output(returns_out, "returns_out", shape)
-    kwargs = dict(gamma=gamma, lam=lam, bootstrap_values=boot, check_finite=check_finite)
-    if offsets is None:
+    kwargs: dict[str, Any] = dict(
+        gamma=gamma, lam=lam, bootstrap_values=boot, check_finite=check_finite
+    )
+    if m is not None:
         adv, ret = _native.gae(
             r, v, m, dones=d, advantages_out=adv_out.array, returns_out=ret_out.array, **kwargs
         )
     else:
+        assert offsets is not None
         adv, ret = _native.gae_packed(
             r.reshape(-1),
             v.reshape(-1),
@@ -582,12 +588,15 @@ def kl_shaped_rewards(
         s = call.floats(scores, "scores", shape=(num_rows,), like=" ([B], one per row)")
     r_out = call.output(rewards_out, "rewards_out", shape)
     k_out = call.output(kl_out, "kl_out", shape)
-    kwargs = dict(kl_coef=kl_coef, estimator=estimator, clamp=clamp, check_finite=check_finite)
-    if offsets is None:
+    kwargs: dict[str, Any] = dict(
+        kl_coef=kl_coef, estimator=estimator, clamp=clamp, check_finite=check_finite
+    )
+    if m is not None:
         rewards, kl = _native.kl_shaped_rewards(
             lp, ref, m, s, rewards_out=r_out.array, kl_out=k_out.array, **kwargs
         )
     else:
+        assert offsets is not None
         rewards, kl = _native.kl_shaped_rewards_packed(
             lp.reshape(-1),
             ref.reshape(-1),
@@ -754,7 +763,9 @@ def masked_whiten(
             f"{stop - start}; whiten a larger batch"
         )
     result = call.output(out, "out", arr.shape)
-    kwargs = dict(shift_mean=shift_mean, unbiased=unbiased, eps=eps, check_finite=check_finite)
+    kwargs: dict[str, Any] = dict(
+        shift_mean=shift_mean, unbiased=unbiased, eps=eps, check_finite=check_finite
+    )
     if m is not None or (start, stop) == (0, arr.size):
         whitened = _native.masked_whiten(arr, m, out=result.array, **kwargs)
         return result.finish(whitened, arr.shape)
@@ -879,20 +890,24 @@ def _ragged_parts(
                 f"{fn}: sequences is empty; pass at least one 1-D array or tensor"
             )
         first = sequences[0]
-        arrays = [helper._to_numpy(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
+        # This runs once per sequence, so it stays lean: numpy arrays pass as they are.
+        arrays = [
+            s if type(s) is np.ndarray else helper._to_numpy(s, "sequences") for s in sequences
+        ]
+        dtype = arrays[0].dtype
         for i, a in enumerate(arrays):
             if a.ndim != 1:
                 raise InvalidArgumentError(
                     f"{fn}: every element of sequences must be 1-D, but sequences[{i}] has "
                     f"shape {a.shape}; flatten it or pass it row by row"
                 )
-            if a.dtype != arrays[0].dtype:
+            if a.dtype != dtype:
                 raise InvalidDtypeError(
                     f"{fn}: every element of sequences must share one dtype, but "
-                    f"sequences[0] is {arrays[0].dtype} and sequences[{i}] is {a.dtype}; "
+                    f"sequences[0] is {dtype} and sequences[{i}] is {a.dtype}; "
                     "cast them to one dtype first"
                 )
-        lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
+        lengths = np.fromiter([a.shape[0] for a in arrays], dtype=np.int64, count=len(arrays))
         offs = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offs[1:])
         flat = np.concatenate(arrays)

@@ -107,7 +107,7 @@ def kl_shaped_rewards(
             log_ratio = logprobs[b, t] - ref_logprobs[b, t]
             kl_t = kl_per_token(np.asarray(log_ratio), estimator)[()]
             if clamp is not None:
-                kl_t = min(max(kl_t, -clamp), clamp)
+                kl_t = np.clip(kl_t, -clamp, clamp)
             kl[b, t] = kl_t
             rewards[b, t] = -kl_coef * kl[b, t]
             last = t
