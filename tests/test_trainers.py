@@ -275,3 +275,24 @@ def test_pipeline_runs_the_three_stages_from_files(tmp_path):
     assert (tmp_path / "run" / "ppo" / "policy" / "config.json").is_file()
     cfg.resume = True  # finished stages are skipped
     assert run_pipeline(cfg)["sft"]["skipped"] == "finished earlier"
+
+
+def test_sft_stops_on_a_bad_record_unless_asked_to_skip_it(tmp_path):
+    from rlhf_fast.data import DataValidationError
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        '{"prompt": "review the lamp :", "response": "great ."}\n{"prompt": "x", "response": ""}\n'
+    )
+    cfg = SFTConfig(
+        output_dir=str(tmp_path),
+        tokenizer="demo-words",
+        data=str(data),
+        max_steps=1,
+        batch_size=1,
+        **QUIET,
+    )
+    with pytest.raises(DataValidationError, match="line 2"):
+        SFTTrainer(cfg)
+    cfg.skip_invalid = True
+    assert SFTTrainer(cfg).train()["n_skipped_records"] == 1

@@ -53,6 +53,7 @@ from rlhf_fast.trainers.runtime import (
     pad_rows,
     resolve_device,
     seed_everything,
+    skipped_count,
     with_instruction,
 )
 
@@ -215,6 +216,7 @@ class PPOTrainer:
             prompts = load_prompts(
                 cfg.prompts, field=cfg.prompt_field, skip_invalid=cfg.skip_invalid
             )
+        self.n_skipped = skipped_count(prompts)
         if len(prompts) == 0:
             raise InvalidArgumentError("prompts: expected at least one prompt, got none")
         self.prompts = [with_instruction(p, cfg.instruction) for p in prompts]
@@ -525,6 +527,7 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(policy_dir)
         return {
             "stage": "ppo",
+            "n_skipped_records": self.n_skipped,
             "steps": self.step,
             "policy_dir": str(policy_dir),
             **{k: v for k, v in metrics.items() if k.startswith(("objective/", "val/"))},

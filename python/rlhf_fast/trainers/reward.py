@@ -32,6 +32,7 @@ from rlhf_fast.trainers.runtime import (
     pad_rows,
     resolve_device,
     seed_everything,
+    skipped_count,
     with_instruction,
 )
 from rlhf_fast.trainers.sft import lr_lambda
@@ -114,6 +115,7 @@ class RewardTrainer:
                 eval_pairs = load_preference_pairs(
                     config.eval_data, skip_invalid=config.skip_invalid
                 )
+        self.n_skipped = skipped_count(pairs, eval_pairs)
         if eval_pairs is None:
             n_eval = int(round(len(pairs) * config.eval_fraction))
             pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval :]
@@ -256,6 +258,7 @@ class RewardTrainer:
         self.tokenizer.save_pretrained(model_dir)
         return {
             "stage": "reward",
+            "n_skipped_records": self.n_skipped,
             "steps": self.step,
             "eval_accuracy": eval_stats.get("eval/accuracy", float("nan")),
             "eval_loss": eval_stats.get("eval/loss", float("nan")),

@@ -25,6 +25,7 @@ __all__ = [
     "pad_rows",
     "resolve_device",
     "seed_everything",
+    "skipped_count",
     "with_instruction",
 ]
 
@@ -39,6 +40,11 @@ def default_tokenizer_spec(model: str) -> str:
     from pathlib import Path
 
     return model if Path(model).is_dir() else "bytes"
+
+
+def skipped_count(*loaded: Any) -> int:
+    """Records the data loaders skipped as invalid (``skip_invalid=True``), summed."""
+    return sum(getattr(getattr(x, "report", None), "n_skipped", 0) for x in loaded)
 
 
 def seed_everything(seed: int) -> None:

@@ -30,6 +30,7 @@ from rlhf_fast.trainers.runtime import (
     pad_rows,
     resolve_device,
     seed_everything,
+    skipped_count,
     with_instruction,
 )
 
@@ -105,6 +106,7 @@ class SFTTrainer:
             if not config.data:
                 raise InvalidArgumentError("data: expected a path to SFT examples, got ''")
             examples = load_sft_examples(config.data, skip_invalid=config.skip_invalid)
+        self.n_skipped = skipped_count(examples)
         if len(examples) == 0:
             raise InvalidArgumentError("data: expected at least one SFT example, got none")
         self.rows = [self._encode(ex) for ex in examples]  # (ids, first response index)
@@ -232,6 +234,7 @@ class SFTTrainer:
         self.tokenizer.save_pretrained(model_dir)
         return {
             "stage": "sft",
+            "n_skipped_records": self.n_skipped,
             "steps": self.step,
             "final_loss": stats.get("loss", float("nan")),
             "token_accuracy": stats.get("token_accuracy", float("nan")),
