@@ -152,7 +152,7 @@ pairs of SFT-policy samples labelled by simulated Bradley-Terry annotators (beta
 | proxy (reward-model) score, SFT -> PPO | {s["proxy_sft_mean"]:.2f} -> {s["proxy_ppo_mean"]:.2f} |
 | KL(PPO policy ‖ reference), nats per response | {s["kl_ppo"]:.2f} |
 | mean response length in words, SFT -> PPO | {s["length_sft_mean"]:.1f} -> {s["length_ppo_mean"]:.1f} |
-| wall time | {s["wall_seconds"]:.0f} s ({s["device"]}, {s["torch_threads"]} torch threads) |
+| wall time | {s["wall_seconds"]:.0f} s (device {s["device"]}, torch threads: {s["torch_threads"]}) |
 
 Thresholds (gold gain >= 1 SFT std, KL < 10 nats): **{verdict}**.
 
