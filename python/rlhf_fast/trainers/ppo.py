@@ -228,7 +228,9 @@ class PPOTrainer:
         self.step = 0
 
     # ------------------------------------------------------------------ forward helpers
-    def policy_forward(self, ids: torch.Tensor, attention_mask: torch.Tensor):
+    def policy_forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per next token: (logprobs, values, entropy), each ``[B, L-1]``.
 
         Index ``s`` belongs to token ``s + 1``: its logprob given tokens ``<= s``, the value
@@ -259,6 +261,7 @@ class PPOTrainer:
     # ------------------------------------------------------------------ 1-2. rollout and scoring
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
+        """Sample one response per prompt and score it: everything ``train_step`` needs."""
         cfg, tok = self.config, self.tokenizer
         query, query_mask = pad_rows(
             [encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left"
