@@ -127,6 +127,10 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
         "data/preferences_train.jsonl",
     ):
         assert (tmp_path / name).is_file(), name
+    cfg.resume = True  # every stage finds its final checkpoint: the same report again
+    again = run_demo(cfg)
+    for key in ("rm_accuracy", "gold_sft_mean", "gold_ppo_mean", "kl_ppo"):
+        assert again[key] == summary[key], key
     samples = [
         json.loads(line) for line in (tmp_path / "samples_ppo.jsonl").read_text().splitlines()
     ]
