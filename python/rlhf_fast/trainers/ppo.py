@@ -342,55 +342,39 @@ class PPOTrainer:
         Per-token fields hold 0 on prompt tokens; ``is_response`` marks the response.
         """
         n_prompt = batch.sequences.shape[1] - batch.response_mask.shape[1]
-        buffer = RolloutBuffer(
-            {
-                "input_ids": np.int64,
-                "is_response": np.uint8,
-                "old_logprobs": np.float32,
-                "old_values": np.float32,
-                "advantages": np.float32,
-                "returns": np.float32,
-            }
-        )
-        rows: dict[str, list[np.ndarray]] = {
-            k: []
-            for k in (
-                "input_ids",
-                "is_response",
-                "old_logprobs",
-                "old_values",
-                "advantages",
-                "returns",
-            )
-        }
         per_token = {
             "old_logprobs": batch.logprobs,
             "old_values": batch.values,
             "advantages": advantages,
             "returns": returns,
         }
+        buffer = RolloutBuffer(
+            {"input_ids": np.int64, "is_response": np.uint8, **dict.fromkeys(per_token, np.float32)}
+        )
+        rows: dict[str, list[np.ndarray]] = {
+            "input_ids": [],
+            "is_response": [],
+            **{k: [] for k in per_token},
+        }
         prompt_mask = batch.attention_mask[:, :n_prompt].bool().cpu()
         ids = batch.sequences.cpu()
-        lengths = batch.response_mask.sum(-1).tolist()
-        for b, n_resp in enumerate(lengths):
+        per_token_cpu = {k: v.float().cpu().numpy() for k, v in per_token.items()}
+        for b, n_resp in enumerate(batch.response_mask.sum(-1).tolist()):
             prompt_ids = ids[b, :n_prompt][prompt_mask[b]]
-            n_prompt_b = prompt_ids.shape[0]
+            n_ctx = prompt_ids.shape[0]  # this row's prompt length without padding
             rows["input_ids"].append(
                 torch.cat([prompt_ids, ids[b, n_prompt : n_prompt + n_resp]]).numpy()
             )
-            flag = np.zeros(n_prompt_b + n_resp, np.uint8)
-            flag[n_prompt_b:] = 1
-            rows["is_response"].append(flag)
-            for name, values in per_token.items():
-                row = np.zeros(n_prompt_b + n_resp, np.float32)
-                row[n_prompt_b:] = values[b, :n_resp].float().cpu().numpy()
-                rows[name].append(row)
+            rows["is_response"].append(np.r_[np.zeros(n_ctx, np.uint8), np.ones(n_resp, np.uint8)])
+            for name, values in per_token_cpu.items():
+                rows[name].append(np.r_[np.zeros(n_ctx, np.float32), values[b, :n_resp]])
         buffer.add(**rows)
         return buffer
 
     def train_step(self, batch: Rollout) -> dict[str, float]:
         cfg = self.config
         mask = batch.response_mask.float()  # (B, T)
+        kl_coef = self.kl_controller.value  # the coefficient this rollout is shaped with
         advantages, returns, kl = self.advantages(batch)
         buffer = self.fill_buffer(batch, advantages, returns)
         self.model.train()
@@ -432,19 +416,17 @@ class PPOTrainer:
         n_prompt = batch.sequences.shape[1] - mask.shape[1]
         seq_kl = (kl * mask).sum(-1)  # (B,) nats per response
         new_coef = self.kl_controller.update(seq_kl.mean().item(), mask.shape[0])
-        returns_var = (
-            (returns - (returns * mask).sum() / mask.sum()) ** 2 * mask
-        ).sum() / mask.sum()
-        residual_var = (((returns - batch.values) ** 2) * mask).sum() / mask.sum()
+        explained_variance = 1.0 - float(
+            ops.masked_var(returns - batch.values, mask, unbiased=False)
+            / max(float(ops.masked_var(returns, mask, unbiased=False)), 1e-8)
+        )
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         return {
             "objective/kl": seq_kl.mean().item(),
             "objective/scores": batch.scores.mean().item(),
             "objective/raw_scores": batch.raw_scores.mean().item(),
-            "objective/non_score_reward": (-self.kl_controller.value * seq_kl).mean().item(),
-            "objective/rlhf_reward": (batch.scores - self.kl_controller.value * seq_kl)
-            .mean()
-            .item(),
+            "objective/non_score_reward": (-kl_coef * seq_kl).mean().item(),
+            "objective/rlhf_reward": (batch.scores - kl_coef * seq_kl).mean().item(),
             "objective/entropy": (-(batch.logprobs * mask).sum(-1)).mean().item(),
             "objective/kl_coef": new_coef,
             "loss/policy_avg": mean(stats["pg"]),
@@ -454,7 +436,7 @@ class PPOTrainer:
             "policy/approxkl_avg": mean(stats["akl"]),
             "val/clipfrac_avg": mean(stats["vclip"]),
             "val/ratio": mean(stats["ratio"]),
-            "val/explained_variance": 1.0 - (residual_var / returns_var.clamp(min=1e-8)).item(),
+            "val/explained_variance": explained_variance,
             "val/num_response_tokens": mask.sum(-1).mean().item(),
             "val/num_eos_tokens": (batch.sequences[:, n_prompt:] == self.tokenizer.eos_token_id)
             .any(-1)
