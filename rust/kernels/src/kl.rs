@@ -140,7 +140,9 @@ fn shape_row_impl<T: Float, const FUSED: bool>(
         Estimator::K1 => shape_with(inp, params, row, range, rew, kl, |lr: T| lr),
         Estimator::Abs => shape_with(inp, params, row, range, rew, kl, |lr: T| lr.abs()),
         Estimator::K2 => shape_with(inp, params, row, range, rew, kl, |lr: T| T::HALF * lr * lr),
-        Estimator::K3 => shape_with(inp, params, row, range, rew, kl, |lr: T| (-lr).exp_vec() - T::ONE + lr),
+        Estimator::K3 => {
+            shape_with(inp, params, row, range, rew, kl, |lr: T| (-lr).exp_vec_if::<FUSED>() - T::ONE + lr)
+        }
     }
 }
 
