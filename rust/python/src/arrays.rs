@@ -2,7 +2,6 @@
 //! the argument, say what was expected and what came instead.
 
 use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
-use numpy::ndarray::IxDyn;
 use numpy::{PyArrayDescrMethods, PyArrayMethods};
 use pyo3::prelude::*;
 
@@ -109,9 +108,9 @@ pub fn output<'py, T: Element>(
             }
             arr.clone()
         }
-        // SAFETY: the kernels write every element of their outputs before returning
+        // The kernels write every element of their outputs before returning
         // successfully; on error the array is dropped unseen.
-        None => unsafe { PyArrayDyn::<T>::new(py, IxDyn(shape), false) },
+        None => crate::pool::uninit_array::<T>(py, shape)?,
     };
     let rw = array.try_readwrite().map_err(|_| {
         invalid_argument(format!("{name} must not share memory with an input or another output"))

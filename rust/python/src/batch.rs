@@ -1,13 +1,13 @@
 //! Bindings of `rlhf_fast_kernels::batch` and `random`: ragged -> padded, shuffling.
 
-use numpy::ndarray::IxDyn;
-use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods};
+use numpy::{Element, PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use rlhf_fast_kernels::batch::{self as kernel, Selection, Side};
 use rlhf_fast_kernels::random;
 
 use crate::arrays::{dtype_name, expect_ndim, int64, readonly, slice};
 use crate::errors::{from_kernel, invalid_argument, invalid_dtype};
+use crate::pool::uninit_array;
 
 /// Converts the Python pad value to the element type, refusing lossy casts.
 trait PadValue: Element + Copy + Send + Sync {
@@ -62,9 +62,9 @@ fn run<'py, E: PadValue>(
     let vs = slice(&v, "values")?;
     let sel = Selection { offsets, indices };
     let (rows, len) = sel.padded_shape(vs.len(), length).map_err(from_kernel)?;
-    // SAFETY: `pad_ragged` writes every element of both outputs.
-    let padded = unsafe { PyArrayDyn::<E>::new(py, IxDyn(&[rows, len]), false) };
-    let mask = unsafe { PyArrayDyn::<bool>::new(py, IxDyn(&[rows, len]), false) };
+    // `pad_ragged` writes every element of both outputs.
+    let padded = uninit_array::<E>(py, &[rows, len])?;
+    let mask = uninit_array::<bool>(py, &[rows, len])?;
     {
         let mut p = padded.readwrite();
         let mut m = mask.readwrite();

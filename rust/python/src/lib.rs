@@ -11,6 +11,7 @@ mod errors;
 mod gae;
 mod group;
 mod kl;
+mod pool;
 mod whiten;
 
 use pyo3::prelude::*;
