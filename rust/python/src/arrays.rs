@@ -169,3 +169,38 @@ pub fn int64<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArr
         invalid_dtype(format!("{name} must be an int64 array, got dtype {}", dtype_name(obj)))
     })
 }
+
+/// The row layout of a kernel's leading argument: padded `[B, T]`, or packed
+/// `[N]` with `cu_seqlens` offsets.
+pub struct RowLayout<'py> {
+    pub shape: Vec<usize>,
+    offsets: Option<PyReadonlyArrayDyn<'py, i64>>,
+}
+
+impl<'py> RowLayout<'py> {
+    /// Checks `first` (named `name`) has the dimensions its layout needs.
+    pub fn parse(first: &Bound<'py, PyAny>, name: &str, cu_seqlens: Option<&Bound<'py, PyAny>>) -> PyResult<Self> {
+        let shape = match cu_seqlens {
+            Some(_) => expect_ndim(first, name, 1, "[N] (packed rows)")?,
+            None => expect_ndim(first, name, 2, "[B, T]")?,
+        };
+        let offsets = cu_seqlens.map(|c| int64(c, "cu_seqlens")).transpose()?;
+        Ok(Self { shape, offsets })
+    }
+
+    /// The rows, refusing a batch without any (`name` is the leading argument).
+    pub fn rows(&self, name: &str) -> PyResult<rlhf_fast_kernels::Rows<'_>> {
+        use rlhf_fast_kernels::Rows;
+        let rows = match &self.offsets {
+            Some(o) => Rows::Packed { offsets: slice(o, "cu_seqlens")? },
+            None => Rows::Padded { rows: self.shape[0], cols: self.shape[1] },
+        };
+        if rows.num_rows() == 0 {
+            return Err(invalid_argument(match self.offsets {
+                Some(_) => "cu_seqlens must describe at least one row (hold >= 2 offsets)".to_owned(),
+                None => format!("{name} must hold at least one row, got shape {:?}", self.shape),
+            }));
+        }
+        Ok(rows)
+    }
+}

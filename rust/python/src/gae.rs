@@ -3,9 +3,9 @@
 use numpy::Element;
 use pyo3::prelude::*;
 use rlhf_fast_kernels::gae::{self as kernel, GaeInputs, GaeParams};
-use rlhf_fast_kernels::{Float, Rows};
+use rlhf_fast_kernels::Float;
 
-use crate::arrays::{expect_ndim, expect_shape, flags, float_kind, int64, output, readonly, slice, FloatKind};
+use crate::arrays::{expect_shape, flags, float_kind, output, readonly, slice, FloatKind, RowLayout};
 use crate::errors::{from_kernel, invalid_argument};
 
 type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
@@ -23,29 +23,14 @@ struct Args<'a, 'py> {
 }
 
 fn run<'py, T: Float + Element>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<Pair<'py>> {
-    let packed = a.cu_seqlens.is_some();
-    let shape = if packed {
-        expect_ndim(a.rewards, "rewards", 1, "[N] (packed rows)")?
-    } else {
-        expect_ndim(a.rewards, "rewards", 2, "[B, T]")?
-    };
+    let layout = RowLayout::parse(a.rewards, "rewards", a.cu_seqlens)?;
+    let shape = layout.shape.clone();
     let rewards = readonly::<T>(a.rewards, "rewards", None)?;
     let values = readonly::<T>(a.values, "values", Some("rewards"))?;
     expect_shape(a.values, "values", &shape, "that of rewards")?;
     let mask = flags(a.mask, "mask", &shape, "rewards")?;
     let dones = flags(a.dones, "dones", &shape, "rewards")?;
-    let offsets = a.cu_seqlens.map(|c| int64(c, "cu_seqlens")).transpose()?;
-    let rows = match &offsets {
-        Some(o) => Rows::Packed { offsets: slice(o, "cu_seqlens")? },
-        None => Rows::Padded { rows: shape[0], cols: shape[1] },
-    };
-    if rows.num_rows() == 0 {
-        return Err(invalid_argument(if packed {
-            "cu_seqlens must describe at least one row (hold >= 2 offsets)".to_owned()
-        } else {
-            format!("rewards must hold at least one row, got shape {shape:?}")
-        }));
-    }
+    let rows = layout.rows("rewards")?;
     let bootstrap = a
         .bootstrap_values
         .map(|b| {

@@ -3,9 +3,9 @@
 use numpy::Element;
 use pyo3::prelude::*;
 use rlhf_fast_kernels::kl::{self as kernel, Estimator, KlInputs, KlParams};
-use rlhf_fast_kernels::{Float, Rows};
+use rlhf_fast_kernels::Float;
 
-use crate::arrays::{expect_ndim, expect_shape, flags, float_kind, int64, output, readonly, slice, FloatKind};
+use crate::arrays::{expect_shape, flags, float_kind, output, readonly, slice, FloatKind, RowLayout};
 use crate::errors::{from_kernel, invalid_argument};
 
 type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
@@ -22,28 +22,13 @@ struct Args<'a, 'py> {
 }
 
 fn run<'py, T: Float + Element>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<Pair<'py>> {
-    let packed = a.cu_seqlens.is_some();
-    let shape = if packed {
-        expect_ndim(a.logprobs, "logprobs", 1, "[N] (packed rows)")?
-    } else {
-        expect_ndim(a.logprobs, "logprobs", 2, "[B, T]")?
-    };
+    let layout = RowLayout::parse(a.logprobs, "logprobs", a.cu_seqlens)?;
+    let shape = layout.shape.clone();
     let logprobs = readonly::<T>(a.logprobs, "logprobs", None)?;
     let ref_logprobs = readonly::<T>(a.ref_logprobs, "ref_logprobs", Some("logprobs"))?;
     expect_shape(a.ref_logprobs, "ref_logprobs", &shape, "that of logprobs")?;
     let mask = flags(a.mask, "mask", &shape, "logprobs")?;
-    let offsets = a.cu_seqlens.map(|c| int64(c, "cu_seqlens")).transpose()?;
-    let rows = match &offsets {
-        Some(o) => Rows::Packed { offsets: slice(o, "cu_seqlens")? },
-        None => Rows::Padded { rows: shape[0], cols: shape[1] },
-    };
-    if rows.num_rows() == 0 {
-        return Err(invalid_argument(if packed {
-            "cu_seqlens must describe at least one row (hold >= 2 offsets)".to_owned()
-        } else {
-            format!("logprobs must hold at least one row, got shape {shape:?}")
-        }));
-    }
+    let rows = layout.rows("logprobs")?;
     expect_shape(a.scores, "scores", &[rows.num_rows()], "one per row")?;
     let scores = readonly::<T>(a.scores, "scores", Some("logprobs"))?;
     let (rew_obj, mut rew) = output::<T>(py, a.rewards_out, "rewards_out", &shape, "logprobs")?;
