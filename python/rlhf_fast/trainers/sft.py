@@ -1,6 +1,7 @@
 """Supervised fine-tuning: next-token loss on the response tokens only.
 
     rlhf-fast sft --model tiny-gpt2 --tokenizer demo-words --data sft.jsonl --output-dir runs/sft
+    torchrun --nproc-per-node 2 -m rlhf_fast.cli sft ...   # DDP, batch_size split by rank
 
 Each example ``{prompt, response}`` becomes ``prompt + response + <eos>``; the loss is the
 mean negative log-likelihood of the response tokens (and the ``<eos>``), prompt tokens are
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import load_causal_lm, token_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
@@ -56,7 +58,7 @@ class SFTConfig:
     )
     instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(400, "Optimizer steps.")
-    batch_size: int = option(32, "Examples per optimizer step.")
+    batch_size: int = option(32, "Examples per optimizer step (over all ranks).")
     learning_rate: float = option(1e-3, "Peak learning rate (AdamW).")
     lr_multiplier: float = option(
         1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
@@ -96,10 +98,12 @@ class SFTTrainer:
                 f"max_steps, batch_size: expected >= 1, got {config.max_steps}, {config.batch_size}"
             )
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = dist.init_distributed(resolve_device(config.device))
+        dist.per_rank("batch_size", config.batch_size)
         seed_everything(config.seed)
         self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         self.model = load_causal_lm(config.model, self.tokenizer, seed=config.seed).to(self.device)
+        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the update steps
         if examples is None:
             from rlhf_fast.data import load_sft_examples
 
@@ -142,8 +146,11 @@ class SFTTrainer:
             out.extend(perm[offset : offset + bs - len(out)].tolist())
         return out
 
-    def loss_on(self, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean response-token NLL of the rows ``indices`` and token accuracy."""
+    def loss_on(
+        self, indices: list[int], model: Optional[torch.nn.Module] = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean response-token NLL of the rows ``indices`` and token accuracy (``model``:
+        the module to run, by default the plain model)."""
         rows = [self.rows[i] for i in indices]
         ids, mask = pad_rows([r[0] for r in rows], self.tokenizer.pad_token_id)  # (B, T)
         target_mask = mask.clone()
@@ -155,7 +162,7 @@ class SFTTrainer:
             target_mask.to(self.device),
         )
         with autocast(self.device, self.config.bf16_autocast):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            logits = (model or self.model)(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
         logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log p(token t+1 | <= t)
         weights = target_mask[:, 1:].float()
         n_tokens = weights.sum().clamp(min=1.0)
@@ -180,19 +187,29 @@ class SFTTrainer:
             {"optimizer": self.optimizer},
             {"scheduler": self.scheduler},
         )
+        dist.barrier()  # every rank sees the same checkpoints
         if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
             self.step = load_checkpoint(
                 path, modules=modules, optimizers=optimizers, schedulers=schedulers
             )["step"]
         logger = MetricsLogger(
-            out, "sft", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None
+            out,
+            "sft",
+            tensorboard=cfg.tensorboard,
+            resume_step=self.step if cfg.resume else None,
+            enabled=dist.is_main_process(),
         )
         self.model.train()
-        stats: dict[str, float] = {}
+        logged: dict[str, float] = {}
         t0, tokens = time.perf_counter(), 0.0
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sft", disable=not cfg.progress)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="sft",
+            disable=not cfg.progress or not dist.is_main_process(),
+        )
         while self.step < cfg.max_steps:
-            loss, stats = self.loss_on(self._batch_indices(self.step))
+            loss, stats = self.loss_on(dist.shard(self._batch_indices(self.step)), self.ddp_model)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
@@ -207,37 +224,41 @@ class SFTTrainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 elapsed = time.perf_counter() - t0
-                logger.log(
-                    self.step,
+                logged = dist.all_reduce_mean(
                     {
                         "train/loss": stats["loss"],
                         "train/token_accuracy": stats["token_accuracy"],
                         "train/grad_norm": grad_norm,
                         "train/learning_rate": self.scheduler.get_last_lr()[0],
                         "perf/tokens_per_second": tokens / max(elapsed, 1e-9),
-                    },
+                    }
                 )
-                bar.set_postfix(loss=f"{stats['loss']:.3f}")
+                logger.log(self.step, logged)
+                bar.set_postfix(loss=f"{logged['train/loss']:.3f}")
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(
-                    ckpt_dir,
-                    step=self.step,
-                    modules=modules,
-                    optimizers=optimizers,
-                    schedulers=schedulers,
-                    extra={"config": asdict(cfg)},
-                )
+                if dist.is_main_process():
+                    save_checkpoint(
+                        ckpt_dir,
+                        step=self.step,
+                        modules=modules,
+                        optimizers=optimizers,
+                        schedulers=schedulers,
+                        extra={"config": asdict(cfg)},
+                    )
+                dist.barrier()
         bar.close()
         logger.close()
         model_dir = out / "model"
-        self.model.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(model_dir)
+        if dist.is_main_process():
+            self.model.save_pretrained(model_dir)
+            self.tokenizer.save_pretrained(model_dir)
+        dist.barrier()  # the next stage may read the model
         return {
             "stage": "sft",
             "n_skipped_records": self.n_skipped,
             "steps": self.step,
-            "final_loss": stats.get("loss", float("nan")),
-            "token_accuracy": stats.get("token_accuracy", float("nan")),
+            "final_loss": logged.get("train/loss", float("nan")),
+            "token_accuracy": logged.get("train/token_accuracy", float("nan")),
             "model_dir": str(model_dir),
         }
 

@@ -1,0 +1,233 @@
+"""Data-parallel training on 2 CPU ranks (gloo): the trainers as ``torchrun`` would start them.
+
+One pair of spawned processes runs SFT (then resumes it), the reward model on the SFT
+model, and PPO on both, as ``rlhf-fast pipeline`` would; each rank saves what it ended
+with, and the tests compare the ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rlhf_fast.data import PreferencePair, SFTExample
+from rlhf_fast.errors import InvalidArgumentError
+from rlhf_fast.metrics import read_jsonl
+from rlhf_fast.trainers import distributed as dist
+
+WORLD = 2
+STAGES = ("sft",)
+QUIET = {"device": "cpu", "tensorboard": False, "progress": False}
+PRODUCTS = ["kettle", "lamp", "tent", "toaster"]
+GOOD, BAD = ["great", "lovely", "sturdy", "perfect"], ["awful", "broken", "flimsy", "useless"]
+
+
+def pairs(n: int, seed: int) -> list[PreferencePair]:
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=g))]  # noqa: E731
+    out = []
+    for _ in range(n):
+        product = pick(PRODUCTS)
+        out.append(
+            PreferencePair(
+                f"review the {product} :",
+                f"the {product} is {pick(GOOD)} .",
+                f"it is {pick(BAD)} .",
+            )
+        )
+    return out
+
+
+def sft_config(out: Path, **overrides):
+    from rlhf_fast.trainers.sft import SFTConfig
+
+    kw = dict(
+        output_dir=str(out),
+        model="tiny-gpt2",
+        tokenizer="demo-words",
+        max_steps=3,
+        batch_size=8,
+        warmup_steps=1,
+        log_every=1,
+        save_every=3,
+        **QUIET,
+    )
+    return SFTConfig(**{**kw, **overrides})
+
+
+def reward_config(out: Path, model: Path):
+    from rlhf_fast.trainers.reward import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(out),
+        model=str(model),
+        max_steps=3,
+        batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        log_every=1,
+        save_every=3,
+        **QUIET,
+    )
+
+
+def ppo_config(out: Path, policy: Path, reward_model: Path):
+    from rlhf_fast.trainers.ppo import PPOConfig
+
+    return PPOConfig(
+        output_dir=str(out),
+        policy=str(policy),
+        reward_model=str(reward_model),
+        max_steps=2,
+        rollout_batch_size=8,
+        minibatch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        target_kl=0.01,  # adaptive: the coefficient moves with the (all-reduced) KL
+        save_every=1,
+        **QUIET,
+    )
+
+
+def _record_writes_under(root: Path) -> list[str]:
+    """Paths under ``root`` this process opens for writing, creates, renames or removes."""
+    written: list[str] = []
+    prefix = str(root)
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writes = (
+                any(c in mode for c in "wax+") if isinstance(mode, str) else flags & write_flags
+            )
+            paths = [path] if writes else []
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate"):
+            paths = [args[0]]
+        elif event in ("os.rename", "os.replace"):
+            paths = list(args[:2])
+        else:
+            return
+        for path in paths:
+            if isinstance(path, (str, os.PathLike)) and str(path).startswith(prefix):
+                written.append(str(path))
+
+    sys.addaudithook(hook)
+    return written
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _worker(rank: int, port: int, root: Path) -> None:
+    """One rank: the stages of a pipeline on tiny models; saves ``root/rank{rank}.pt``."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    from rlhf_fast.metrics import MetricsLogger
+
+    MetricsLogger.plot = lambda self, *args, **kwargs: None  # PNGs cost seconds, tested elsewhere
+    out = root / "out"
+    written = _record_writes_under(out)
+    found: dict = {}
+    if "sft" in STAGES:
+        from rlhf_fast.trainers.sft import SFTTrainer
+
+        examples = [SFTExample(p.prompt, p.chosen) for p in pairs(32, 0)]
+        trainer = SFTTrainer(sft_config(out / "sft"), examples=examples)
+        found["sft"] = {"result": trainer.train(), "weights": _weights(trainer.model)}
+        resumed = SFTTrainer(sft_config(out / "sft", resume=True, max_steps=4), examples=examples)
+        found["sft_resumed"] = {"result": resumed.train(), "weights": _weights(resumed.model)}
+    found["written"] = list(written)
+    torch.save(found, root / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Run the 2-rank job once for the module; ``(root, [rank 0's record, rank 1's])``."""
+    root = tmp_path_factory.mktemp("ddp")
+    context = mp.spawn(_worker, args=(_free_port(), root), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):  # raises with the rank's traceback if one fails
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank job did not finish within 300 s")
+    return root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+# ----------------------------------------------------------------------- single process
+def test_single_process_helpers_are_no_ops(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    module = torch.nn.Linear(2, 2)
+    assert dist.init_distributed(torch.device("cpu")) == torch.device("cpu")
+    assert not torch.distributed.is_initialized()
+    assert (dist.world_size(), dist.rank(), dist.is_main_process()) == (1, 0, True)
+    assert dist.shard([3, 1, 2]) == [3, 1, 2]
+    assert dist.all_reduce_mean({"a": 1.5}) == {"a": 1.5}
+    assert dist.wrap_ddp(module, torch.device("cpu")) is module
+    assert dist.per_rank("batch_size", 5) == 5
+    dist.barrier()
+
+
+def test_shards_split_a_batch_disjointly(monkeypatch):
+    items = list(range(10))
+    shards = []
+    for r in range(WORLD):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(dist, "world_size", lambda: WORLD)
+        shards.append(dist.shard(items))
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    with pytest.raises(InvalidArgumentError, match="batch_size: expected a multiple"):
+        dist.per_rank("batch_size", 7)
+
+
+# ----------------------------------------------------------------------- two ranks
+def test_sft_ranks_end_with_the_same_weights(ranks):
+    _, (rank0, rank1) = ranks
+    for stage in ("sft", "sft_resumed"):
+        assert_same_weights(rank0[stage]["weights"], rank1[stage]["weights"])
+        assert math.isfinite(rank0[stage]["result"]["final_loss"])
+        assert rank0[stage]["result"] == rank1[stage]["result"]  # logged values are rank means
+    assert rank0["sft_resumed"]["result"]["steps"] == 4
+    # the resumed run continued from the checkpoint: its weights moved one more step
+    moved = rank0["sft_resumed"]["weights"]["transformer.wte.weight"]
+    assert not torch.equal(moved, rank0["sft"]["weights"]["transformer.wte.weight"])
+
+
+def test_only_rank_zero_writes_files(ranks):
+    root, (rank0, rank1) = ranks
+    assert rank1["written"] == []
+    assert any("checkpoints" in p for p in rank0["written"])  # the audit does see writes
+    sft = root / "out" / "sft"
+    assert (sft / "model" / "config.json").is_file()
+    steps = [r["step"] for r in read_jsonl(sft / "metrics" / "sft.jsonl")]
+    assert steps == [1, 2, 3, 4]  # one line per step, from one rank, resumed lines appended
