@@ -24,7 +24,7 @@ from rlhf_fast.metrics import read_jsonl
 from rlhf_fast.trainers import distributed as dist
 
 WORLD = 2
-STAGES = ("sft",)
+STAGES = ("sft", "reward")
 QUIET = {"device": "cpu", "tensorboard": False, "progress": False}
 PRODUCTS = ["kettle", "lamp", "tent", "toaster"]
 GOOD, BAD = ["great", "lovely", "sturdy", "perfect"], ["awful", "broken", "flimsy", "useless"]
@@ -148,11 +148,29 @@ def _worker(rank: int, port: int, root: Path) -> None:
     if "sft" in STAGES:
         from rlhf_fast.trainers.sft import SFTTrainer
 
+        batches = found["sft_batches"] = []  # the example indices each update step used
+        loss_on = SFTTrainer.loss_on
+
+        def recording_loss_on(self, indices, model=None):
+            if model is not None:
+                batches.append(list(indices))
+            return loss_on(self, indices, model)
+
+        SFTTrainer.loss_on = recording_loss_on
         examples = [SFTExample(p.prompt, p.chosen) for p in pairs(32, 0)]
         trainer = SFTTrainer(sft_config(out / "sft"), examples=examples)
         found["sft"] = {"result": trainer.train(), "weights": _weights(trainer.model)}
         resumed = SFTTrainer(sft_config(out / "sft", resume=True, max_steps=4), examples=examples)
         found["sft_resumed"] = {"result": resumed.train(), "weights": _weights(resumed.model)}
+    if "reward" in STAGES:
+        from rlhf_fast.trainers.reward import RewardTrainer
+
+        trainer = RewardTrainer(
+            reward_config(out / "reward", out / "sft" / "model"),
+            pairs=pairs(32, 1),
+            eval_pairs=pairs(8, 2),
+        )
+        found["reward"] = {"result": trainer.train(), "weights": _weights(trainer.model)}
     found["written"] = list(written)
     torch.save(found, root / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -213,6 +231,9 @@ def test_shards_split_a_batch_disjointly(monkeypatch):
 # ----------------------------------------------------------------------- two ranks
 def test_sft_ranks_end_with_the_same_weights(ranks):
     _, (rank0, rank1) = ranks
+    assert len(rank0["sft_batches"]) == 3 + 1  # 3 steps, then 1 after the resume
+    for a, b in zip(rank0["sft_batches"], rank1["sft_batches"]):
+        assert len(a) == len(b) == 4 and len(set(a) | set(b)) == 8  # disjoint halves of 8
     for stage in ("sft", "sft_resumed"):
         assert_same_weights(rank0[stage]["weights"], rank1[stage]["weights"])
         assert math.isfinite(rank0[stage]["result"]["final_loss"])
@@ -223,11 +244,42 @@ def test_sft_ranks_end_with_the_same_weights(ranks):
     assert not torch.equal(moved, rank0["sft"]["weights"]["transformer.wte.weight"])
 
 
+def test_reward_ranks_end_with_the_same_weights_as_one_process(ranks, tmp_path):
+    from rlhf_fast.trainers.reward import RewardTrainer
+
+    root, (rank0, rank1) = ranks
+    assert_same_weights(rank0["reward"]["weights"], rank1["reward"]["weights"])
+    assert rank0["reward"]["result"] == rank1["reward"]["result"]
+    assert math.isfinite(rank0["reward"]["result"]["eval_loss"])
+    # A global batch split over 2 ranks and averaged gradients: the same steps as one process.
+    torch.set_num_threads(1)
+    single = RewardTrainer(
+        reward_config(tmp_path, root / "out" / "sft" / "model"),
+        pairs=pairs(32, 1),
+        eval_pairs=pairs(8, 2),
+    )
+    result = single.train()
+    assert rank0["reward"]["result"]["eval_loss"] == pytest.approx(result["eval_loss"], rel=1e-5)
+    # The loss is blind to a shift of all scores (head bias, final layer-norm bias): their
+    # gradients are rounding noise, which Adam scales up to learning-rate-sized steps.
+    shift = ("head.bias", "backbone.ln_f.bias")
+    for k, v in single.model.state_dict().items():
+        if k not in shift:
+            torch.testing.assert_close(
+                rank0["reward"]["weights"][k], v, rtol=1e-4, atol=1e-6, msg=k
+            )
+    rewards = read_jsonl(tmp_path / "metrics" / "reward.jsonl")
+    logged = read_jsonl(root / "out" / "reward" / "metrics" / "reward.jsonl")
+    for one, two in zip(rewards, logged):  # rank means of per-shard values = full-batch values
+        assert two["train/loss"] == pytest.approx(one["train/loss"], rel=1e-4)
+
+
 def test_only_rank_zero_writes_files(ranks):
     root, (rank0, rank1) = ranks
     assert rank1["written"] == []
     assert any("checkpoints" in p for p in rank0["written"])  # the audit does see writes
     sft = root / "out" / "sft"
     assert (sft / "model" / "config.json").is_file()
+    assert (root / "out" / "reward" / "model" / "model.safetensors").is_file()
     steps = [r["step"] for r in read_jsonl(sft / "metrics" / "sft.jsonl")]
     assert steps == [1, 2, 3, 4]  # one line per step, from one rank, resumed lines appended

@@ -1,6 +1,7 @@
 """Reward model: Bradley-Terry loss on preference pairs, accuracy on held-out pairs.
 
     rlhf-fast train-reward --model runs/sft/model --data prefs.jsonl --output-dir runs/rm
+    torchrun --nproc-per-node 2 -m rlhf_fast.cli train-reward ...   # DDP, batch_size split by rank
 
 Loss per pair: ``-log sigmoid(r(x, y_chosen) - r(x, y_rejected) - margin)``. The trunk
 starts from ``model`` (usually the SFT model), the scalar head is new and reads the
@@ -8,6 +9,7 @@ last token (the ``<eos>`` appended to every response, as the policy writes it). 
 pairs come from ``eval_data`` or, when that is empty, the last ``eval_fraction`` of ``data``.
 At the end the mean and std of the scores on held-out responses are stored with the model
 so PPO can normalise them. Writes ``output_dir/model``, metrics and checkpoints.
+On several ranks each one evaluates the whole held-out split (the weights are the same).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import RewardModel, load_causal_lm
 from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.losses import bradley_terry_loss
 from rlhf_fast.trainers.runtime import (
     autocast,
@@ -63,7 +66,7 @@ class RewardConfig:
     )
     instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(300, "Reward-model training steps.")
-    batch_size: int = option(32, "Pairs per optimizer step.")
+    batch_size: int = option(32, "Pairs per optimizer step (over all ranks).")
     learning_rate: float = option(5e-4, "Peak learning rate (AdamW).")
     lr_multiplier: float = option(
         1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
@@ -100,11 +103,13 @@ class RewardTrainer:
                 f"max_steps, batch_size: expected >= 1, got {config.max_steps}, {config.batch_size}"
             )
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = dist.init_distributed(resolve_device(config.device))
+        dist.per_rank("batch_size", config.batch_size)
         seed_everything(config.seed)
         self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         lm = load_causal_lm(config.model, self.tokenizer, seed=config.seed)
         self.model = RewardModel.from_causal_lm(lm).to(self.device)
+        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the update steps
         if pairs is None:
             from rlhf_fast.data import load_preference_pairs
 
@@ -142,11 +147,14 @@ class RewardTrainer:
 
         return row(pair.chosen), row(pair.rejected)
 
-    def scores_of(self, rows: list[list[int]]) -> torch.Tensor:
-        """Reward-model scores ``[N]`` of token rows (right-padded into one batch)."""
+    def scores_of(
+        self, rows: list[list[int]], model: Optional[torch.nn.Module] = None
+    ) -> torch.Tensor:
+        """Reward-model scores ``[N]`` of token rows (right-padded into one batch) by ``model``,
+        by default the plain reward model."""
         ids, mask = pad_rows(rows, self.tokenizer.pad_token_id)
         with autocast(self.device, self.config.bf16_autocast):
-            return self.model(ids.to(self.device), mask.to(self.device))
+            return (model or self.model)(ids.to(self.device), mask.to(self.device))
 
     def _batch_indices(self, step: int) -> list[int]:
         n, bs = len(self.train_rows), self.config.batch_size
@@ -192,6 +200,7 @@ class RewardTrainer:
             {"optimizer": self.optimizer},
             {"scheduler": self.scheduler},
         )
+        dist.barrier()  # every rank sees the same checkpoints
         if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
             self.step = load_checkpoint(
                 path, modules=modules, optimizers=optimizers, schedulers=schedulers
@@ -201,14 +210,22 @@ class RewardTrainer:
             "reward",
             tensorboard=cfg.tensorboard,
             resume_step=self.step if cfg.resume else None,
+            enabled=dist.is_main_process(),
         )
         self.model.train()
         eval_stats: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="reward", disable=not cfg.progress)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="reward",
+            disable=not cfg.progress or not dist.is_main_process(),
+        )
         while self.step < cfg.max_steps:
-            batch = [self.train_rows[i] for i in self._batch_indices(self.step)]
-            scores = self.scores_of([c for c, _ in batch] + [r for _, r in batch])  # (2B,)
+            batch = [self.train_rows[i] for i in dist.shard(self._batch_indices(self.step))]
+            scores = self.scores_of(
+                [c for c, _ in batch] + [r for _, r in batch], self.ddp_model
+            )  # (2B,)
             chosen, rejected = scores[: len(batch)], scores[len(batch) :]
             loss = bradley_terry_loss(chosen, rejected, cfg.margin or None)
             self.optimizer.zero_grad(set_to_none=True)
@@ -237,16 +254,18 @@ class RewardTrainer:
                 metrics.update(eval_stats)
                 bar.set_postfix(acc=f"{eval_stats.get('eval/accuracy', float('nan')):.3f}")
             if metrics:
-                logger.log(self.step, metrics)
+                logger.log(self.step, dist.all_reduce_mean(metrics))
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(
-                    ckpt_dir,
-                    step=self.step,
-                    modules=modules,
-                    optimizers=optimizers,
-                    schedulers=schedulers,
-                    extra={"config": asdict(cfg)},
-                )
+                if dist.is_main_process():
+                    save_checkpoint(
+                        ckpt_dir,
+                        step=self.step,
+                        modules=modules,
+                        optimizers=optimizers,
+                        schedulers=schedulers,
+                        extra={"config": asdict(cfg)},
+                    )
+                dist.barrier()
         bar.close()
         logger.close()
         if not eval_stats:
@@ -254,8 +273,10 @@ class RewardTrainer:
         self.model.score_mean = eval_stats.get("eval/score_mean", 0.0)
         self.model.score_std = max(eval_stats.get("eval/score_std", 1.0), 1e-6)
         model_dir = out / "model"
-        self.model.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(model_dir)
+        if dist.is_main_process():
+            self.model.save_pretrained(model_dir)
+            self.tokenizer.save_pretrained(model_dir)
+        dist.barrier()  # the next stage may read the model
         return {
             "stage": "reward",
             "n_skipped_records": self.n_skipped,
