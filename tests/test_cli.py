@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
 from rlhf_fast.cli import COMMANDS, Command, main
 from rlhf_fast.config import config_fields, load_config
 from rlhf_fast.data import load_preference_pairs
@@ -275,3 +277,22 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
     # Resume: finished stages are skipped, PPO continues from its step-2 checkpoint.
     assert main([*argv, "--resume", "--ppo.max-steps", "3"]) == 0
     assert [r["step"] for r in read_jsonl(run / "ppo" / "metrics" / "ppo.jsonl")] == [1, 2, 3]
+
+
+# ------------------------------------------------------ example config files
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("file_name", "command"), [("demo.toml", "demo"), ("pipeline.toml", "pipeline")]
+)
+def test_example_configs_load_and_say_how_they_were_tested(file_name, command):
+    path = CONFIGS / file_name
+    header = path.read_text().split("\n\n")[0]
+    assert "Tested on:" in header and f"rlhf-fast {command} --config configs/{file_name}" in header
+    config_cls, _, _ = COMMANDS[command].load()
+    config = load_config(config_cls, path)
+    if command == "demo":  # the file spells out the defaults `make demo` runs with
+        assert config == config_cls(), "configs/demo.toml no longer matches DemoConfig's defaults"
+    else:
+        assert config.sft_data and config.preference_data and config.prompts
