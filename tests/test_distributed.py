@@ -24,7 +24,8 @@ from rlhf_fast.metrics import read_jsonl
 from rlhf_fast.trainers import distributed as dist
 
 WORLD = 2
-STAGES = ("sft", "reward")
+PROMPT = "review the lamp :"
+STAGES = ("sft", "reward", "ppo")
 QUIET = {"device": "cpu", "tensorboard": False, "progress": False}
 PRODUCTS = ["kettle", "lamp", "tent", "toaster"]
 GOOD, BAD = ["great", "lovely", "sturdy", "perfect"], ["awful", "broken", "flimsy", "useless"]
@@ -171,6 +172,26 @@ def _worker(rank: int, port: int, root: Path) -> None:
             eval_pairs=pairs(8, 2),
         )
         found["reward"] = {"result": trainer.train(), "weights": _weights(trainer.model)}
+    if "ppo" in STAGES:
+        from rlhf_fast.trainers.ppo import PPOTrainer
+
+        samples = found["ppo_samples"] = []
+
+        def sample_metrics(prompts: list[str], responses: list[str]) -> dict[str, float]:
+            samples.append((prompts, responses))
+            return {"test/rank": float(rank)}  # logged as the mean over ranks
+
+        # One prompt for all: the ranks' samples differ only if their seeds do.
+        trainer = PPOTrainer(
+            ppo_config(out / "ppo", out / "sft" / "model", out / "reward" / "model"),
+            prompts=[PROMPT] * 8,
+            sample_metrics=sample_metrics,
+        )
+        found["ppo"] = {
+            "result": trainer.train(),
+            "weights": _weights(trainer.model),
+            "kl_coef": trainer.kl_controller.value,
+        }
     found["written"] = list(written)
     torch.save(found, root / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -274,6 +295,26 @@ def test_reward_ranks_end_with_the_same_weights_as_one_process(ranks, tmp_path):
         assert two["train/loss"] == pytest.approx(one["train/loss"], rel=1e-4)
 
 
+def test_ppo_ranks_end_with_the_same_policy_and_kl_coef(ranks):
+    root, (rank0, rank1) = ranks
+    assert_same_weights(rank0["ppo"]["weights"], rank1["ppo"]["weights"])
+    assert rank0["ppo"]["kl_coef"] == rank1["ppo"]["kl_coef"] != 0.05  # moved, in step
+    assert rank0["ppo"]["result"] == rank1["ppo"]["result"]
+    assert rank0["ppo"]["result"]["steps"] == 2
+    # each rank sampled its half of the rollout, with its own seed
+    for (prompts0, responses0), (prompts1, responses1) in zip(
+        rank0["ppo_samples"], rank1["ppo_samples"]
+    ):
+        assert prompts0 == prompts1 == [PROMPT] * 4
+        assert responses0 != responses1
+    logged = read_jsonl(root / "out" / "ppo" / "metrics" / "ppo.jsonl")
+    assert [r["test/rank"] for r in logged] == [0.5, 0.5]  # mean of rank 0 and rank 1
+    assert logged[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # policy = reference
+    for key in ("objective/kl", "loss/policy_avg", "loss/value_avg", "val/explained_variance"):
+        assert all(r[key] is not None and math.isfinite(r[key]) for r in logged), key
+    assert logged[-1]["objective/kl_coef"] == pytest.approx(rank0["ppo"]["kl_coef"])
+
+
 def test_only_rank_zero_writes_files(ranks):
     root, (rank0, rank1) = ranks
     assert rank1["written"] == []
@@ -281,5 +322,6 @@ def test_only_rank_zero_writes_files(ranks):
     sft = root / "out" / "sft"
     assert (sft / "model" / "config.json").is_file()
     assert (root / "out" / "reward" / "model" / "model.safetensors").is_file()
+    assert (root / "out" / "ppo" / "policy" / "config.json").is_file()
     steps = [r["step"] for r in read_jsonl(sft / "metrics" / "sft.jsonl")]
     assert steps == [1, 2, 3, 4]  # one line per step, from one rank, resumed lines appended

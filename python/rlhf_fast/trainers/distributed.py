@@ -41,6 +41,7 @@ __all__ = [
     "is_main_process",
     "per_rank",
     "rank",
+    "rank_seed",
     "shard",
     "world_size",
     "wrap_ddp",
@@ -157,6 +158,6 @@ def _nccl() -> bool:
     return dist.get_backend() == "nccl"
 
 
-def seed_offset() -> int:
-    """A per-rank offset for the seeds of random sampling (0 on rank 0)."""
-    return 1_000_003 * rank()
+def rank_seed(seed: int, step: int) -> int:
+    """A seed for random sampling at ``step`` that differs between ranks (and steps)."""
+    return seed * 7919 + step + 1_000_003 * rank()

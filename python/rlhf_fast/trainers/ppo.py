@@ -2,6 +2,7 @@
 
     rlhf-fast ppo --policy runs/sft/model --reward-model runs/reward/model \
         --prompts prompts.jsonl --output-dir runs/ppo
+    torchrun --nproc-per-node 2 -m rlhf_fast.cli ppo ...   # DDP, rollouts split by rank
 
 One iteration (Ziegler et al. 2019; Ouyang et al. 2022), each step a plain function call:
   1. rollout: sample responses with the policy (``generate``: KV cache, batched, stop at
@@ -15,6 +16,10 @@ One iteration (Ziegler et al. 2019; Ouyang et al. 2022), each step a plain funct
   5. KL controller update, metrics (TRL's names), checkpoint.
 Deviation from TRL: the reward model's score is normalised by its held-out mean/std
 (``normalize_scores``) so that ``kl_coef`` means the same thing whatever the RM scale.
+On several ranks ``rollout_batch_size`` and ``minibatch_size`` stay global: each rank
+samples its share of the prompts with its own seed, whitens its own advantages, and
+updates through ``DistributedDataParallel``; the adaptive KL controller reads the KL
+averaged over ranks, so ``kl_coef`` stays the same everywhere.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from rlhf_fast.models import (
     token_logprobs,
 )
 from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.kl_controller import make_kl_controller
 from rlhf_fast.trainers.losses import clipped_surrogate_loss, clipped_value_loss
 from rlhf_fast.trainers.runtime import (
@@ -91,8 +97,8 @@ class PPOConfig:
     )
     instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(100, "RL train steps: rollout + PPO epochs, this many times.")
-    rollout_batch_size: int = option(64, "Prompts (= responses) per rollout.")
-    minibatch_size: int = option(16, "Responses per PPO minibatch.")
+    rollout_batch_size: int = option(64, "Prompts (= responses) per rollout (over all ranks).")
+    minibatch_size: int = option(16, "Responses per PPO minibatch (over all ranks).")
     ppo_epochs: int = option(4, "Passes over each rollout.")
     learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
     lr_multiplier: float = option(
@@ -179,7 +185,9 @@ class PPOTrainer:
                 f"{cfg.rollout_batch_size}, {cfg.minibatch_size}, {cfg.max_steps}, {cfg.ppo_epochs}"
             )
         self.config, self.sample_metrics = cfg, sample_metrics
-        self.device = resolve_device(cfg.device)
+        self.device = dist.init_distributed(resolve_device(cfg.device))
+        dist.per_rank("rollout_batch_size", cfg.rollout_batch_size)
+        self.minibatch_size = dist.per_rank("minibatch_size", cfg.minibatch_size)  # this rank's
         seed_everything(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.tokenizer or default_tokenizer_spec(cfg.policy))
         policy = load_causal_lm(cfg.policy, self.tokenizer, seed=cfg.seed)
@@ -205,6 +213,7 @@ class PPOTrainer:
         else:
             self.reference = frozen_copy(policy).to(self.device)
         self.model = PolicyWithValueHead(policy, critic).to(self.device)
+        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the PPO updates only
         self.reward_model = RewardModel.from_pretrained(cfg.reward_model).to(self.device).eval()
         for p in self.reward_model.parameters():
             p.requires_grad_(False)
@@ -229,15 +238,19 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ forward helpers
     def policy_forward(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        module: Optional[torch.nn.Module] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per next token: (logprobs, values, entropy), each ``[B, L-1]``.
+        """Per next token: (logprobs, values, entropy), each ``[B, L-1]``, from ``module``
+        (by default the plain policy with its value head; the DDP wrapper for updates).
 
         Index ``s`` belongs to token ``s + 1``: its logprob given tokens ``<= s``, the value
         of the state after token ``s`` (before ``s + 1``), the entropy of that choice.
         """
         with autocast(self.device, self.config.bf16_autocast):
-            logits, values = self.model(ids, attention_mask)  # (B, L, V), (B, L)
+            logits, values = (module or self.model)(ids, attention_mask)  # (B, L, V), (B, L)
         logits = logits[:, :-1] / self.config.temperature
         return token_logprobs(logits, ids[:, 1:]), values[:, :-1], entropy_from_logits(logits)
 
@@ -384,11 +397,11 @@ class PPOTrainer:
         for epoch in range(cfg.ppo_epochs):
             seed = cfg.seed * 1_000_003 + self.step * 131 + epoch
             for mb in buffer.minibatches(
-                cfg.minibatch_size, seed, side="right", as_torch=True, device=self.device
+                self.minibatch_size, seed, side="right", as_torch=True, device=self.device
             ):
                 attention_mask = mb["mask"].long()  # (M, L)
                 logprobs, values, entropy = self.policy_forward(
-                    mb["input_ids"], attention_mask
+                    mb["input_ids"], attention_mask, self.ddp_model
                 )  # (M, L-1)
                 mb_mask = mb["is_response"][:, 1:].float()  # token s+1 is a response token
                 old_logprobs, old_values = mb["old_logprobs"][:, 1:], mb["old_values"][:, 1:]
@@ -415,7 +428,8 @@ class PPOTrainer:
                     stats[key].append(float(value.detach()))
         n_prompt = batch.sequences.shape[1] - mask.shape[1]
         seq_kl = (kl * mask).sum(-1)  # (B,) nats per response
-        new_coef = self.kl_controller.update(seq_kl.mean().item(), mask.shape[0])
+        mean_kl = dist.all_reduce_mean({"kl": seq_kl.mean()})["kl"]  # same on every rank
+        new_coef = self.kl_controller.update(mean_kl, mask.shape[0] * dist.world_size())
         explained_variance = 1.0 - float(
             ops.masked_var(returns - batch.values, mask, unbiased=False)
             / max(float(ops.masked_var(returns, mask, unbiased=False)), 1e-8)
@@ -465,18 +479,30 @@ class PPOTrainer:
         cfg, out = self.config, Path(self.config.output_dir)
         ckpt_dir = out / "checkpoints"
         modules, optimizers = {"model": self.model}, {"optimizer": self.optimizer}
+        dist.barrier()  # every rank sees the same checkpoints
         if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
             state = load_checkpoint(path, modules=modules, optimizers=optimizers)
             self.step = state["step"]
             self.kl_controller.load_state_dict(state["extra"]["kl_controller"])
         logger = MetricsLogger(
-            out, "ppo", tensorboard=cfg.tensorboard, resume_step=self.step if cfg.resume else None
+            out,
+            "ppo",
+            tensorboard=cfg.tensorboard,
+            resume_step=self.step if cfg.resume else None,
+            enabled=dist.is_main_process(),
         )
         metrics: dict[str, float] = {}
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="ppo", disable=not cfg.progress)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="ppo",
+            disable=not cfg.progress or not dist.is_main_process(),
+        )
         while self.step < cfg.max_steps:
+            if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
+                seed_everything(dist.rank_seed(cfg.seed, self.step))
             t0 = time.perf_counter()
-            batch = self.rollout(self._prompts_for(self.step))
+            batch = self.rollout(dist.shard(self._prompts_for(self.step)))
             t_rollout = time.perf_counter() - t0
             metrics = self.train_step(batch)
             self.step += 1
@@ -491,6 +517,7 @@ class PPOTrainer:
             )
             if self.sample_metrics is not None:
                 metrics.update(self.sample_metrics(batch.prompts, batch.responses))
+            metrics = dist.all_reduce_mean(metrics)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 logger.log(self.step, metrics)
             bar.update(1)
@@ -498,18 +525,25 @@ class PPOTrainer:
                 score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
             )
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                save_checkpoint(
-                    ckpt_dir,
-                    step=self.step,
-                    modules=modules,
-                    optimizers=optimizers,
-                    extra={"kl_controller": self.kl_controller.state_dict(), "config": asdict(cfg)},
-                )
+                if dist.is_main_process():
+                    save_checkpoint(
+                        ckpt_dir,
+                        step=self.step,
+                        modules=modules,
+                        optimizers=optimizers,
+                        extra={
+                            "kl_controller": self.kl_controller.state_dict(),
+                            "config": asdict(cfg),
+                        },
+                    )
+                dist.barrier()
         bar.close()
         logger.close()
         policy_dir = out / "policy"
-        self.model.save_pretrained(policy_dir)
-        self.tokenizer.save_pretrained(policy_dir)
+        if dist.is_main_process():
+            self.model.save_pretrained(policy_dir)
+            self.tokenizer.save_pretrained(policy_dir)
+        dist.barrier()
         return {
             "stage": "ppo",
             "n_skipped_records": self.n_skipped,
