@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from rlhf_fast.checkpoint import latest_checkpoint
 from rlhf_fast.data import PreferencePair, SFTExample
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.metrics import read_jsonl
@@ -182,16 +184,21 @@ def _worker(rank: int, port: int, root: Path) -> None:
             return {"test/rank": float(rank)}  # logged as the mean over ranks
 
         # One prompt for all: the ranks' samples differ only if their seeds do.
-        trainer = PPOTrainer(
-            ppo_config(out / "ppo", out / "sft" / "model", out / "reward" / "model"),
-            prompts=[PROMPT] * 8,
-            sample_metrics=sample_metrics,
-        )
+        config = ppo_config(out / "ppo", out / "sft" / "model", out / "reward" / "model")
+        trainer = PPOTrainer(config, prompts=[PROMPT] * 8, sample_metrics=sample_metrics)
         found["ppo"] = {
             "result": trainer.train(),
             "weights": _weights(trainer.model),
             "kl_coef": trainer.kl_controller.value,
         }
+        if rank == 0:  # as if stopped after iteration 1
+            shutil.rmtree(latest_checkpoint(out / "ppo" / "checkpoints"))
+        config.resume = True
+        resumed = PPOTrainer(
+            config, prompts=[PROMPT] * 8, sample_metrics=lambda p, r: {"test/rank": float(rank)}
+        )
+        resumed.train()
+        found["ppo_resumed"] = {"weights": _weights(resumed.model)}
     found["written"] = list(written)
     torch.save(found, root / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -313,6 +320,12 @@ def test_ppo_ranks_end_with_the_same_policy_and_kl_coef(ranks):
     for key in ("objective/kl", "loss/policy_avg", "loss/value_avg", "val/explained_variance"):
         assert all(r[key] is not None and math.isfinite(r[key]) for r in logged), key
     assert logged[-1]["objective/kl_coef"] == pytest.approx(rank0["ppo"]["kl_coef"])
+
+
+def test_ppo_ranks_resume_from_the_same_checkpoint_as_if_never_stopped(ranks):
+    _, (rank0, rank1) = ranks
+    assert_same_weights(rank0["ppo_resumed"]["weights"], rank1["ppo_resumed"]["weights"])
+    assert_same_weights(rank0["ppo_resumed"]["weights"], rank0["ppo"]["weights"])
 
 
 def test_only_rank_zero_writes_files(ranks):
