@@ -6,15 +6,19 @@
 
 Strictly opt-in: when ``WORLD_SIZE`` is unset or 1 every function here is a no-op (one
 rank, rank 0) and the trainers behave exactly as in a single process. With
-``WORLD_SIZE > 1`` the first trainer of the process joins the process group (``nccl``
-with rank ``r`` on ``cuda:LOCAL_RANK`` when the device is CUDA, ``gloo`` on the CPU);
-the group lives until the process exits, so ``rlhf-fast pipeline`` runs its three stages
-in one group. How the trainers use it:
+``WORLD_SIZE > 1`` the first trainer of the process joins the process group (``nccl``,
+each rank on ``cuda:LOCAL_RANK``, when the device is CUDA; ``gloo`` on the CPU); the
+group lives until the process exits, so ``rlhf-fast pipeline`` runs its three stages in
+one group. How the trainers use it:
 
 - batch sizes stay global: each step's batch (SFT examples, preference pairs, prompts) is
-  drawn as in a single process and split by rank with :func:`shard`, so a run on N ranks
-  takes the same optimizer steps on the same data as one process (up to float rounding,
-  per-rank token means in SFT and per-rank advantage whitening in PPO);
+  drawn as in a single process and split by rank with :func:`shard`, so SFT and the
+  reward model take the same steps on the same data as one process (up to float
+  rounding, and per-rank token means in SFT);
+- every rank builds its models from the same seed (and DDP broadcasts rank 0's weights);
+  PPO reseeds each rollout with :func:`rank_seed`, so ranks sample different responses
+  and a resumed run samples what the uninterrupted one did; advantages are whitened per
+  rank;
 - the trained module is wrapped in ``DistributedDataParallel`` for the update steps only;
   generation, the reference model and evaluation run on the unwrapped module;
 - logged metrics are means over ranks (:func:`all_reduce_mean`); rank 0 alone writes
