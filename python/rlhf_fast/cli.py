@@ -23,6 +23,7 @@ import argparse
 import difflib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -271,11 +272,14 @@ def _run_command(name: str, command: Command, argv: list[str], *, debug: bool) -
             render_config(config, header=f"{PROG} {name}: resolved {config_cls.__name__}.")
         )
         return 0
+    # Under torchrun only rank 0 writes (the process group does not exist yet, so
+    # the launcher's RANK variable tells).
+    main_process = os.environ.get("RANK", "0") == "0"
     output_dir = getattr(config, "output_dir", None)
-    if output_dir:
+    if output_dir and main_process:
         dump_config(config, Path(output_dir) / "config.toml")
     result = run(config)
-    if isinstance(result, Mapping):  # the stage's summary, for people and for scripts
+    if isinstance(result, Mapping) and main_process:  # the stage's summary, for people and scripts
         print(json.dumps(result, indent=2, default=str))
     return 0
 
