@@ -1,4 +1,4 @@
-"""The three stages in a row: SFT -> reward model -> PPO.
+r"""The three stages in a row: SFT -> reward model -> PPO.
 
     rlhf-fast pipeline --sft-data sft.jsonl --preference-data prefs.jsonl \
         --prompts prompts.jsonl --output-dir runs/pipeline

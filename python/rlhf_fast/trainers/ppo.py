@@ -1,4 +1,4 @@
-"""PPO with a value head and a per-token KL penalty against a frozen reference.
+r"""PPO with a value head and a per-token KL penalty against a frozen reference.
 
     rlhf-fast ppo --policy runs/sft/model --reward-model runs/reward/model \
         --prompts prompts.jsonl --output-dir runs/ppo
