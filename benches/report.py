@@ -64,6 +64,10 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
+def _times(x: float) -> str:
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x"
+
+
 def _table(rows: list[dict[str, Any]], mask_column: bool) -> list[str]:
     head = ["shape"] + (["mask"] if mask_column else []) + [
         "implementation", "version", "median ms", "min ms", "max ms", "M elem/s",
@@ -104,18 +108,24 @@ def _plot(records: list[dict[str, Any]], family: str, mask: str, path: Path,
             lines[r["implementation"]].append((r["elements"], r["melem_per_s"]))
     if not lines or max(len(v) for v in lines.values()) < 2:
         return False
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for label, points in sorted(lines.items(), key=lambda kv: -max(p[1] for p in kv[1])):
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    colors = plt.get_cmap("tab20").colors
+    ordered = sorted(lines.items(), key=lambda kv: -max(p[1] for p in kv[1]))
+    for i, (label, points) in enumerate(ordered):
         points.sort()
-        style = "-o" if label.startswith("rlhf_fast") else "--."
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
+        ours = label.startswith("rlhf_fast")
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-o" if ours else "--.",
+                color=colors[i % len(colors)], linewidth=2.2 if ours else 1.2, label=label)
+    bound = sorted({(r["elements"], r["elements"] / r["bound_s"] / 1e6) for r in records
+                    if r["family"] == family and r["mask"] == mask and _ok(r)})
+    ax.plot([p[0] for p in bound], [p[1] for p in bound], ":k", label="copy bound (same bytes)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("elements (B x T)")
     ax.set_ylabel("throughput, M elements / s (higher is better)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -174,7 +184,7 @@ def _summary(records: list[dict[str, Any]], e2e: Optional[dict[str, Any]]) -> li
                        key=lambda r: r["median_s"])
         for r in peers:
             out.append(f"- vs {r['implementation']} {r['version']}: {_ms(r['median_s'])} ms -> "
-                       f"**{r['median_s'] / ours['median_s']:.0f}x** faster")
+                       f"**{_times(r['median_s'] / ours['median_s'])}** faster")
         out.append("")
     for family, label in (("kl", "KL shaping"), ("whiten", "whitening")):
         ours = _find(records, family, HEADLINE_SHAPE, OURS_MAIN, "right")
@@ -201,6 +211,55 @@ def _summary(records: list[dict[str, Any]], e2e: Optional[dict[str, Any]]) -> li
                    f"; kernels {100 * a.get('kernel_share', float('nan')):.3f} % of the iteration.")
     out.append("")
     return out
+
+
+LIBRARY_PEERS = ("verl", "torchrl", "torchtune")
+RUST_PEERS = ("stateset-rl-core", "rlox")
+
+
+def _targets(records: list[dict[str, Any]], e2e: Optional[dict[str, Any]]) -> list[str]:
+    """Where rlhf_fast stands against the targets of the benchmark issue (right masks)."""
+    rows: list[tuple[str, str, bool]] = []
+    ours = _find(records, "gae", HEADLINE_SHAPE, OURS_MAIN, "right")
+    peers = [r for r in records if r["family"] == "gae" and r["mask"] == "right"
+             and r["shape"] == HEADLINE_SHAPE and _ok(r) and not r["ours"]]
+    if ours and peers:
+        lib = min((r for r in peers if r["package"] in LIBRARY_PEERS), key=lambda r: r["median_s"])
+        rust = min((r for r in peers if r["package"] in RUST_PEERS), key=lambda r: r["median_s"])
+        x_lib, x_rust = lib["median_s"] / ours["median_s"], rust["median_s"] / ours["median_s"]
+        rows += [
+            (f"GAE {HEADLINE_SHAPE} >= 100x the fastest library peer",
+             f"{x_lib:.0f}x ({lib['implementation']})", x_lib >= 100),
+            (f"GAE {HEADLINE_SHAPE} >= 2x the fastest Rust package",
+             f"{x_rust:.1f}x ({rust['implementation']})", x_rust >= 2),
+            (f"GAE {HEADLINE_SHAPE} >= 50 % of the copy bound (out=)",
+             f"{100 * ours['bandwidth_fraction']:.0f} %", ours["bandwidth_fraction"] >= 0.5),
+        ]
+    for family, label in (("kl", "KL shaping"), ("whiten", "whitening")):
+        r = _find(records, family, HEADLINE_SHAPE, OURS_MAIN, "right")
+        if r:
+            rows.append((f"{label} {HEADLINE_SHAPE} >= 50 % of the copy bound",
+                         f"{100 * r['bandwidth_fraction']:.0f} %", r["bandwidth_fraction"] >= 0.5))
+    batch = [r for r in records if r["family"] == "batching" and _ok(r)]
+    padseq = next((r for r in batch if r["implementation"] == "torch pad_sequence"), None)
+    listed = next((r for r in batch
+                   if r["implementation"] == "rlhf_fast.pad_ragged (list of torch tensors)"), None)
+    if padseq and listed:
+        x = padseq["median_s"] / listed["median_s"]
+        rows.append(("batching 4,096 rows >= 5x pad_sequence (list of tensors)", f"{x:.1f}x",
+                     x >= 5))
+    if e2e and e2e.get("rlhf_fast", {}).get("tokens_per_s") and e2e.get("trl", {}).get(
+            "tokens_per_s"):
+        a, b = e2e["rlhf_fast"], e2e["trl"]
+        x = a["tokens_per_s"] / b["tokens_per_s"]
+        rows.append(("PPO iteration >= 1.5x TRL tokens/s", f"{x:.2f}x", x >= 1.5))
+        rows.append(("kernels < 2 % of the iteration", f"{100 * a['kernel_share']:.3f} %",
+                     a["kernel_share"] < 0.02))
+    if not rows:
+        return []
+    out = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    out += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]
+    return out + [""]
 
 
 def _threads_table(records: list[dict[str, Any]]) -> list[str]:
@@ -270,6 +329,7 @@ def write(results_dir: Path) -> Path:
           "(GAE and KL: 17 B/element, whitening 14, group 8, batching: ids in, ids + mask out).",
           ""]
     md += _summary(records, e2e)
+    md += _targets(records, e2e)
     md += ["## Machine", "", "| | |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
     md += ["", "## Versions", "", "| package | version |", "|---|---|",
