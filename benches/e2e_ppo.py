@@ -6,8 +6,8 @@ separate critic trunk of the same size and a reward model of the same size (fres
 numbers do not depend on what they learned); 64 prompts, 48 sampled tokens per response
 (temperature 1, no top-k/top-p), k1 KL penalty, GAE (gamma 1, lam 0.95), whitened advantages,
 4 PPO epochs x 4 minibatches of 16 with one AdamW step each; CPU, 2 torch threads.
-TRL samples all 48 tokens (no stop token); rlhf_fast stops a row at ``<eos>`` (rare with
-fresh weights), so tokens/s counts each side's generated response tokens.
+Both stop a response at ``<eos>`` (TRL: ``stop_token="eos"``; it still computes over all 48
+positions), and tokens/s counts each side's response tokens up to and including ``<eos>``.
 
 Each trainer runs ``--iterations`` iterations after one warm-up iteration; the median is
 reported. For rlhf_fast the time inside the Rust kernels (every ``rlhf_fast._native`` call:
@@ -146,7 +146,7 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
         output_dir=str(workdir / "trl"), per_device_train_batch_size=N_PROMPTS,
         gradient_accumulation_steps=1, num_mini_batches=MINIBATCHES, num_ppo_epochs=EPOCHS,
         local_rollout_forward_batch_size=N_PROMPTS, response_length=RESPONSE_LENGTH,
-        total_episodes=N_PROMPTS * (iterations + 1), stop_token=None, kl_estimator="k1",
+        total_episodes=N_PROMPTS * (iterations + 1), stop_token="eos", kl_estimator="k1",
         kl_coef=0.05, gamma=1.0, lam=0.95, learning_rate=1e-4, num_sample_generations=0,
         report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
         logging_steps=1,
@@ -162,6 +162,18 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             self.stamps.append(time.perf_counter())
 
+    import trl.experimental.ppo.ppo_trainer as trl_ppo
+
+    counted: list[int] = []
+    truncate = trl_ppo.truncate_response
+
+    def counting_truncate(stop_token_id: int, pad_token_id: int, responses: torch.Tensor):
+        is_stop = responses == stop_token_id
+        first = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
+        counted.append(int(first.sum()))
+        return truncate(stop_token_id, pad_token_id, responses)
+
+    trl_ppo.truncate_response = counting_truncate
     clock = IterationClock()
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref_policy,
                          reward_model=reward_model, train_dataset=dataset,
@@ -169,7 +181,7 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
     trainer.train()
     durations = [b - a for a, b in zip(clock.stamps[:-1], clock.stamps[1:])][1:]
     median = statistics.median(durations)
-    tokens = N_PROMPTS * RESPONSE_LENGTH
+    tokens = statistics.median(counted[1:])
     return {"version": trl.__version__, "iteration_s": median, "iterations_s": durations,
             "tokens": tokens, "tokens_per_s": tokens / median, "kernel_share": None,
             "parameters": sum(p.numel() for p in policy.parameters())}

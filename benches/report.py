@@ -332,6 +332,8 @@ def write(results_dir: Path) -> Path:
     md += _targets(records, e2e)
     md += ["## Machine", "", "| | |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
+    md.append(f"| load average (1 min) at start / end | "
+              f"{meta.get('load average (1 min) at start / end', 'not recorded')} |")
     md += ["", "## Versions", "", "| package | version |", "|---|---|",
            f"| rlhf_fast | {meta['rlhf_fast']} |"]
     md += [f"| {k} | {v} |" for k, v in meta["versions"].items()]

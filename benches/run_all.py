@@ -172,6 +172,10 @@ def main() -> None:
     shapes = QUICK_SHAPES if args.quick else SHAPES
     runner = Runner(CopyBound())
     started = time.time()
+    load_at_start = os.getloadavg()
+    if load_at_start[0] > 1.5:
+        log(f"warning: load average {load_at_start[0]:.1f} on {os.cpu_count()} cores; other "
+            "processes will distort the timings (two-thread torch ops stall for whole time slices)")
     if "gae" in sections:
         bench_gae(runner, shapes)
     if "kl" in sections:
@@ -188,6 +192,7 @@ def main() -> None:
         "command": "make bench" + ("" if not args.quick else "  (--quick)"),
         "quick": args.quick,
         "seconds": round(time.time() - started, 1),
+        "load average (1 min) at start / end": f"{load_at_start[0]:.2f} / {os.getloadavg()[0]:.2f}",
         "machine": machine_description(),
         "rlhf_fast": rlhf_fast.__version__,
         "rlhf_fast threads": THREADS,
