@@ -6,9 +6,10 @@ import doctest
 
 import numpy as np
 import pytest
-import rlhf_fast
 from hypothesis import given
 from hypothesis import strategies as st
+
+import rlhf_fast
 from rlhf_fast import buffer, reference
 from rlhf_fast.buffer import RolloutBuffer
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import FLOAT_DTYPES, as_strided_copy, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rlhf_fast import reference
 from rlhf_fast.ops import group_advantages
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rlhf_fast
 from conftest import FLOAT_DTYPES, Padded, packed_from_padded, padded_batches, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import rlhf_fast
 from rlhf_fast import reference
 from rlhf_fast.ops import kl_shaped_rewards
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+
 import rlhf_fast
 
 # Large enough that the kernels use the pool (>= 2**15 elements).
