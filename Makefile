@@ -50,6 +50,11 @@ test-all: build ## Run every test, slow ones included.
 	cargo test --quiet -p rlhf_fast_kernels
 	$(PY) -m pytest -q -m "not benchmark"
 
+.PHONY: test-thorough
+test-thorough: build ## Kernel property tests at 10,000 hypothesis cases each (several minutes).
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q tests/test_gae.py tests/test_kl.py tests/test_whiten.py \
+		tests/test_group_advantages.py tests/test_batching.py tests/test_buffer.py
+
 .PHONY: demo
 demo: build ## Run the whole pipeline (SFT -> reward model -> PPO) offline on the built-in task.
 	$(VENV)/bin/rlhf-fast demo --output-dir runs/demo
