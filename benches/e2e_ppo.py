@@ -89,13 +89,15 @@ def run_rlhf_fast(iterations: int, workdir: Path) -> dict[str, Any]:
     records = []
     for step in range(iterations + 1):
         clock.seconds, clock.calls = 0.0, 0
+        cpu_start = time.process_time()
         start = time.perf_counter()
         batch = trainer.rollout(trainer._prompts_for(step))
         rolled = time.perf_counter()
         trainer.train_step(batch)
         trainer.step += 1
         end = time.perf_counter()
-        records.append({"iteration_s": end - start, "rollout_s": rolled - start,
+        records.append({"iteration_s": end - start, "cpu_s": time.process_time() - cpu_start,
+                        "rollout_s": rolled - start,
                         "train_s": end - rolled, "kernel_s": clock.seconds,
                         "kernel_calls": clock.calls,
                         "tokens": int(batch.response_mask.sum().item())})
@@ -106,6 +108,7 @@ def run_rlhf_fast(iterations: int, workdir: Path) -> dict[str, Any]:
     return {
         "version": rlhf_fast.__version__, "iteration_s": median,
         "iterations_s": [r["iteration_s"] for r in timed], "tokens": tokens,
+        "cpu_s": statistics.median(r["cpu_s"] for r in timed),
         "tokens_per_s": tokens / median, "kernel_s": kernel, "kernel_share": kernel / median,
         "kernel_calls": timed[-1]["kernel_calls"],
         "phases_s": {"rollout (generate + scoring passes)":
@@ -155,12 +158,15 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
     class IterationClock(TrainerCallback):
         def __init__(self) -> None:
             self.stamps: list[float] = []
+            self.cpu: list[float] = []
 
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     import trl.experimental.ppo.ppo_trainer as trl_ppo
 
@@ -182,7 +188,9 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
     durations = [b - a for a, b in zip(clock.stamps[:-1], clock.stamps[1:])][1:]
     median = statistics.median(durations)
     tokens = statistics.median(counted[1:])
+    cpu = [b - a for a, b in zip(clock.cpu[:-1], clock.cpu[1:])][1:]
     return {"version": trl.__version__, "iteration_s": median, "iterations_s": durations,
+            "cpu_s": statistics.median(cpu),
             "tokens": tokens, "tokens_per_s": tokens / median, "kernel_share": None,
             "parameters": sum(p.numel() for p in policy.parameters())}
 
@@ -192,11 +200,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per trainer")
     parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None)
     parser.add_argument("--output", type=Path, default=Path("benches/results/e2e.json"))
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     result: dict[str, Any] = {"description": __doc__.split("\n\n")[1].replace("\n", " "),
-                              "iterations": args.iterations, "threads": THREADS}
+                              "iterations": args.iterations, "threads": args.threads}
     runners = {"rlhf_fast": run_rlhf_fast, "trl": run_trl}
     for name, run in runners.items():
         if args.only and name != args.only:

@@ -293,19 +293,20 @@ def _e2e_section(e2e: Optional[dict[str, Any]]) -> list[str]:
         return out + ["Not run.", ""]
     out.append(e2e.get("description", ""))
     out.append("")
-    out += ["| trainer | version | iteration s (median) | generated tokens/s | kernels share | "
-            "phases |", "|---|---|---|---|---|---|"]
+    out += ["| trainer | version | iteration s (median) | process CPU s | response tokens/s | "
+            "kernels share | phases |", "|---|---|---|---|---|---|---|"]
     for key in ("rlhf_fast", "trl"):
         r = e2e.get(key)
         if not r:
             continue
         if r.get("error"):
-            out.append(f"| {key} | {r.get('version', '')} | - | - | - | {r['error']} |")
+            out.append(f"| {key} | {r.get('version', '')} | - | - | - | - | {r['error']} |")
             continue
         share = r.get("kernel_share")
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in r.get("phases_s", {}).items())
+        cpu = r.get("cpu_s")
         out.append(f"| {key} | {r.get('version', '')} | {r['iteration_s']:.2f} | "
-                   f"{r['tokens_per_s']:.0f} | "
+                   f"{'-' if cpu is None else f'{cpu:.2f}'} | {r['tokens_per_s']:.0f} | "
                    f"{'-' if share is None else f'{100 * share:.3f} %'} | {phases} |")
     out.append("")
     return out
