@@ -39,7 +39,7 @@ class Config:
 
     env: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
     seed: int = field(default=1, metadata={"help": "seed of torch and the environments"})
-    total_steps: int = field(default=500_000, metadata={"help": "environment steps"})
+    total_steps: int = field(default=300_000, metadata={"help": "environment steps"})
     num_envs: int = field(default=8, metadata={"help": "environments stepped together"})
     num_steps: int = field(default=5, metadata={"help": "steps per environment per update"})
     learning_rate: float = field(default=7e-4, metadata={"help": "RMSprop step size"})
