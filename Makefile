@@ -61,8 +61,8 @@ demo: build ## Run the whole pipeline (SFT -> reward model -> PPO) offline on th
 
 .PHONY: bench
 bench: build ## Run the benchmarks that need no GPU and write benches/results/.
-	mkdir -p benches/results
-	$(PY) -m pytest benches/test_kernels_bench.py -m benchmark -q --benchmark-json=benches/results/kernels_pytest_benchmark.json
+	mkdir -p .benchmarks
+	$(PY) -m pytest benches/test_kernels_bench.py -m benchmark -q --benchmark-json=.benchmarks/kernels_pytest_benchmark.json
 	bash scripts/setup_bench_env.sh
 	.venv-bench/bin/python benches/run_all.py
 

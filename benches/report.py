@@ -206,9 +206,12 @@ def _summary(records: list[dict[str, Any]], e2e: Optional[dict[str, Any]]) -> li
                        f"{padseq['median_s'] / ours['median_s']:.1f}x.")
     if e2e and e2e.get("rlhf_fast") and e2e.get("trl"):
         a, b = e2e["rlhf_fast"], e2e["trl"]
-        out.append(f"**End to end** (one PPO iteration): rlhf_fast {a['tokens_per_s']:.0f} tokens/s "
-                   f"vs TRL {b['tokens_per_s']:.0f} -> **{a['tokens_per_s'] / b['tokens_per_s']:.2f}x**"
-                   f"; kernels {100 * a.get('kernel_share', float('nan')):.3f} % of the iteration.")
+        out.append(f"**End to end** (one PPO iteration, same job): rlhf_fast {a['iteration_s']:.2f} s "
+                   f"vs TRL {b['iteration_s']:.2f} s -> {b['iteration_s'] / a['iteration_s']:.2f}x; "
+                   f"response tokens/s {a['tokens_per_s']:.0f} vs {b['tokens_per_s']:.0f} -> "
+                   f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}x** (each side counts its own "
+                   f"responses up to <eos>: {a['tokens']:.0f} vs {b['tokens']:.0f} tokens); kernels "
+                   f"{100 * a.get('kernel_share', float('nan')):.3f} % of the iteration.")
     out.append("")
     return out
 
