@@ -137,9 +137,9 @@ def test_out_buffers(dtype):
 @given(dtype=st.sampled_from(FLOAT_DTYPES), seed=st.integers(0, 2**32 - 1), estimator=estimators)
 def test_thread_count_does_not_change_the_bits(dtype, seed, estimator):
     rng = np.random.default_rng(seed)
-    lp, ref = (rng.standard_normal((80, 800)).astype(dtype) for _ in range(2))
-    mask = rng.random((80, 800)) < 0.9
-    scores = rng.standard_normal(80).astype(dtype)
+    lp, ref = (rng.standard_normal((336, 800)).astype(dtype) for _ in range(2))
+    mask = rng.random((336, 800)) < 0.9
+    scores = rng.standard_normal(336).astype(dtype)
     before = rlhf_fast.get_num_threads()
     try:
         results = []

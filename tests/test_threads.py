@@ -10,8 +10,8 @@ import pytest
 
 import rlhf_fast
 
-# Large enough that the kernels use the pool (>= 2**15 elements).
-ROWS, COLS = 64, 1024
+# Large enough that the kernels use the pool (>= 2**18 elements).
+ROWS, COLS = 256, 1024
 
 
 def _batch(seed: int = 0):

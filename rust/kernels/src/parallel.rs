@@ -10,7 +10,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 /// Below this many elements a kernel runs on the calling thread: waking the pool
 /// costs more than the work.
-pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 18;
 
 struct PoolState {
     pid: u32,
