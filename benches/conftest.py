@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import rlhf_fast
 
 _HERE = Path(__file__).resolve().parent

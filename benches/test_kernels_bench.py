@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
 import rlhf_fast
 from rlhf_fast import reference
 
