@@ -151,8 +151,8 @@ impl<T: Float> RowContext<'_, '_, T> {
             },
             (_, Some(d)) => {
                 let flags = match mask {
-                    Some(m) => self.sweep::<true, true>(rew, val, m, d, boot, adv, ret),
-                    None => self.sweep::<false, true>(rew, val, &[], d, boot, adv, ret),
+                    Some(m) => self.sweep::<true>(rew, val, m, d, boot, adv, ret),
+                    None => self.sweep::<false>(rew, val, &[], d, boot, adv, ret),
                 };
                 if flags > 1 {
                     return Err((row, self.bad_flags(row)));
@@ -193,11 +193,11 @@ impl<T: Float> RowContext<'_, '_, T> {
         finite
     }
 
-    /// The backward recursion over one row; returns the OR of every mask/done
-    /// byte seen, so the caller can reject values other than 0/1 without a
-    /// second pass.
+    /// The exact step-by-step recursion over a row with episode ends; returns
+    /// the OR of every mask/done byte seen, so the caller can reject values other
+    /// than 0/1 without a second pass.
     #[inline(always)]
-    fn sweep<const MASK: bool, const DONES: bool>(
+    fn sweep<const MASK: bool>(
         &self,
         rew: &[T],
         val: &[T],
@@ -209,7 +209,7 @@ impl<T: Float> RowContext<'_, '_, T> {
     ) -> u8 {
         let len = rew.len();
         assert!(val.len() == len && adv.len() == len && ret.len() == len);
-        assert!((!MASK || mask.len() == len) && (!DONES || dones.len() == len));
+        assert!((!MASK || mask.len() == len) && dones.len() == len);
         let (mut next_v, mut next_a) = (boot, T::ZERO);
         let mut flags = 0u8;
         for t in (0..len).rev() {
@@ -218,9 +218,9 @@ impl<T: Float> RowContext<'_, '_, T> {
                 let r = *rew.get_unchecked(t);
                 let v = *val.get_unchecked(t);
                 let m = if MASK { *mask.get_unchecked(t) } else { 1 };
-                let d = if DONES { *dones.get_unchecked(t) } else { 0 };
+                let d = *dones.get_unchecked(t);
                 flags |= m | d;
-                let (nv, na) = if DONES && d != 0 { (T::ZERO, T::ZERO) } else { (next_v, next_a) };
+                let (nv, na) = if d != 0 { (T::ZERO, T::ZERO) } else { (next_v, next_a) };
                 let a = r + self.gamma * nv - v + self.gamma_lam * na;
                 let takes_part = !MASK || m != 0;
                 *adv.get_unchecked_mut(t) = if takes_part { a } else { T::ZERO };
