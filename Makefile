@@ -6,10 +6,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := train,dev,classic
+EXTRAS := train,dev,classic,label
 RUST_SRC := $(shell find rust -name '*.rs' -o -name Cargo.toml 2>/dev/null) Cargo.toml
 DEPS_STAMP := $(VENV)/.stamp-deps
 NATIVE_STAMP := $(VENV)/.stamp-native
+# apt-get needs root; other users go through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 
@@ -44,6 +46,12 @@ build: $(NATIVE_STAMP) ## Build the Rust extension (release) into .venv.
 test: build ## Run the Rust kernel tests and the Python test suite.
 	cargo test --quiet -p rlhf_fast_kernels
 	$(PY) -m pytest -q
+
+.PHONY: test-browser
+test-browser: build ## Install Chromium + chromedriver (Debian apt) if missing, then run the labelling page's browser test.
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; fi
+	RLHF_FAST_REQUIRE_BROWSER=1 $(PY) -m pytest -q -rs tests/test_label_browser.py
 
 .PHONY: test-all
 test-all: build ## Run every test, slow ones included.
