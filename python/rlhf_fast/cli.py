@@ -107,6 +107,12 @@ COMMANDS: dict[str, Command] = {
         "DemoConfig",
         "run_demo",
     ),
+    "label": Command(
+        "A local labelling page: people pick the better of two answers, into prefs.jsonl.",
+        "rlhf_fast.label",
+        "LabelConfig",
+        "run_label",
+    ),
 }
 
 
