@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import pytest
 
 from rlhf_fast.config import (
     ConfigError,
+    OptionValueError,
+    StageSettings,
     add_config_arguments,
     config_from_args,
     config_from_dict,
@@ -19,9 +22,11 @@ from rlhf_fast.config import (
     dump_config,
     load_config,
     load_config_file,
+    redefault,
     render_config,
     render_config_markdown,
 )
+from rlhf_fast.config import RunConfig as SharedRunConfig
 
 
 @dataclass
@@ -295,3 +300,46 @@ def test_nested_defaults_come_from_the_parent_default_factory(tmp_path):
     ).format_help().replace("\n                        ", " ")
     assert "kl_coef = 0.3\n" in render_config(TunedConfig)
     assert "| `--ppo.optim.lr` | float | `0.5` |" in render_config_markdown(TunedConfig)
+
+
+# ------------------------------------------- shared run options, stage settings
+@dataclass
+class ToyStage(StageSettings):
+    steps: int = field(default=3, metadata={"help": "Steps."})
+    log_every: int = redefault(StageSettings, "log_every", 1)
+
+
+@dataclass
+class ToyRun(ToyStage, SharedRunConfig):
+    data: str = field(default="", metadata={"help": "Data."})
+
+
+@dataclass
+class ToyPipeline(SharedRunConfig):
+    WIRED: ClassVar[dict[str, str]] = {"toy.data": "its own file"}
+    toy: ToyStage = field(default_factory=ToyStage, metadata={"help": "Toy stage."})
+
+
+def test_run_and_stage_options_have_one_home():
+    fields = {f.name: f for f in dataclasses.fields(ToyRun)}
+    assert fields["log_every"].default == 1
+    assert (
+        fields["log_every"].metadata["help"]
+        == StageSettings.__dataclass_fields__["log_every"].metadata["help"]
+    )  # the help is written once, in StageSettings
+    assert ToyRun(seed=3).seed == 3 and ToyRun().output_dir == SharedRunConfig().output_dir
+    with pytest.raises(OptionValueError, match=r"^--lr-multiplier \(lr_multiplier\): expected"):
+        ToyRun(lr_multiplier=-1.0)
+    with pytest.raises(OptionValueError, match=r"^--toy.grad-clip \(toy.grad_clip\): expected"):
+        config_from_dict(ToyPipeline, {"toy": {"grad_clip": float("nan")}})
+    with pytest.raises(ConfigError, match=r"'toy.seed' for ToyStage: it is set once for every"):
+        config_from_dict(ToyPipeline, {"toy": {"seed": 1}}, source="p.toml")
+    with pytest.raises(ConfigError, match=r"'toy.data' for ToyStage: ToyPipeline sets it to its"):
+        config_from_dict(ToyPipeline, {"toy": {"data": "x"}}, source="p.toml")
+    with pytest.raises(ConfigError, match=r"'steps' for ToyPipeline: it is a stage setting; use"):
+        config_from_dict(ToyPipeline, {"steps": 1}, source="p.toml")
+    run = ToyRun()
+    with pytest.raises(AttributeError, match=r"ToyRun has no option 'stpes'; did you mean 'steps'"):
+        run.stpes = 4
+    with pytest.raises(AttributeError, match=r"ToyStage has no option 'seed': it is shared"):
+        ToyPipeline().toy.seed = 4

@@ -12,6 +12,7 @@ from rlhf_fast.data import (
     DataValidationError,
     PreferencePair,
     SFTExample,
+    drop_too_long,
     load_preference_pairs,
     load_prompts,
     load_sft_examples,
@@ -187,7 +188,9 @@ def test_skip_invalid_counts_and_logs(tmp_path, caplog):
     assert pairs == EXPECTED
     assert (pairs.report.n_loaded, pairs.report.n_skipped) == (2, 3)
     assert [e.split(": ")[1] for e in pairs.report.errors] == ["line 2", "line 3", "line 5"]
-    assert "skipped 3 invalid preference pair record(s) of 5" in caplog.text
+    assert "skipped 3 preference pair record(s) of 5 (3 invalid)" in caplog.text
+    assert pairs.report.skipped == {"invalid": 3}
+    assert pairs.places == [1, 4]  # the kept records' lines
 
 
 def test_all_invalid_or_empty_is_an_error(tmp_path):
@@ -251,3 +254,58 @@ def test_unreadable_parquet_is_reported(tmp_path):
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(InvalidArgumentError, match=r"broken\.parquet: not a readable Parquet file"):
         load_preference_pairs(path)
+
+
+# ------------------------------------------------------------- bytes and duplicates
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps(PAIRS[0]).encode()
+    path.write_bytes(good + b"\n" + b'{"prompt": "caf\xff"}\n' + json.dumps(PAIRS[1]).encode())
+    with pytest.raises(DataValidationError, match=r"pairs.jsonl: line 2: invalid UTF-8: byte 0xff"):
+        load_preference_pairs(path)
+    pairs = load_preference_pairs(path, skip_invalid=True)
+    assert pairs == EXPECTED and pairs.report.skipped == {"invalid": 1}
+    array = tmp_path / "pairs.json"  # a JSON array: the whole file is one document
+    array.write_bytes(b"[\n" + good + b",\n" + b'{"prompt": "\xc3"}\n]')
+    with pytest.raises(DataValidationError, match=r"pairs.json: line 3: invalid UTF-8: byte 0xc3"):
+        load_preference_pairs(array)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "caf\u00e9"}).encode() + b"\n")
+    assert load_prompts(path) == ["caf\u00e9"]
+
+
+def test_identical_pairs_are_skipped_and_counted_or_an_error(tmp_path, caplog):
+    same = {"prompt": "p", "chosen": "Same.", "rejected": "Same."}
+    same_candidates = {"prompt": "p", "candidate_0": "x", "candidate_1": "x", "choice": 1}
+    path = write_jsonl(tmp_path / "pairs.jsonl", [PAIRS[0], same, PAIRS[1], same_candidates])
+    with caplog.at_level(logging.WARNING, logger="rlhf_fast.data"):
+        pairs = load_preference_pairs(path)
+    assert pairs == EXPECTED and pairs.places == [1, 3]
+    assert (pairs.report.n_skipped, pairs.report.skipped) == (2, {"identical pair": 2})
+    assert "(2 identical pair)" in caplog.text
+    with pytest.raises(
+        DataValidationError, match=r"line 2: field 'rejected': the same text as the chosen"
+    ):
+        load_preference_pairs(path, identical="error")
+    with pytest.raises(InvalidArgumentError, match="identical: expected 'skip' or 'error'"):
+        load_preference_pairs(path, identical="warn")
+
+
+def test_drop_too_long_names_the_place_and_the_limit(tmp_path):
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": w} for w in ("a", "bbb", "cc")])
+    prompts = load_prompts(path)
+    with pytest.raises(
+        DataValidationError,
+        match=r"prompts.jsonl: line 2: field 'prompt': 3 tokens, more than the 2 the context",
+    ):
+        drop_too_long(prompts, map(len, prompts), 2, field="prompt", why="the context allows")
+    kept = drop_too_long(
+        prompts, map(len, prompts), 2, field="prompt", why="the context allows", skip_invalid=True
+    )
+    assert kept == ["a", "cc"] and kept.places == [1, 3]
+    assert (kept.report.n_loaded, kept.report.skipped) == (2, {"too long": 1})
+    with pytest.raises(InvalidArgumentError, match="every one is longer than 0 tokens"):
+        drop_too_long(prompts, map(len, prompts), 0, field="prompt", why="x", skip_invalid=True)

@@ -87,18 +87,14 @@ def test_tiny_demo_end_to_end(tmp_path, monkeypatch):
         n_eval_pairs=16,
         n_prompts=32,
         n_eval_samples=16,
-        max_new_tokens=10,
         progress=False,
+        tensorboard=False,
         device="cpu",
     )
-    cfg.sft.max_steps, cfg.sft.batch_size, cfg.sft.tensorboard = 10, 16, False
-    cfg.reward.max_steps, cfg.reward.batch_size, cfg.reward.tensorboard = 6, 8, False
-    cfg.ppo.max_steps, cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size, cfg.ppo.tensorboard = (
-        2,
-        8,
-        4,
-        False,
-    )
+    cfg.sft.max_steps, cfg.sft.batch_size = 10, 16
+    cfg.reward.max_steps, cfg.reward.batch_size = 6, 8
+    cfg.ppo.max_steps, cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size = 2, 8, 4
+    cfg.ppo.max_new_tokens = 10
     summary = run_demo(cfg)
     for key in (
         "rm_accuracy",

@@ -264,13 +264,23 @@ def test_pipeline_runs_the_three_stages_from_files(tmp_path):
         preference_data=str(tmp_path / "prefs.jsonl"),
         prompts=str(tmp_path / "prompts.jsonl"),
         instruction="write a short review .",
+        tensorboard=False,
+        progress=False,
     )
     for stage in (cfg.sft, cfg.reward, cfg.ppo):
-        stage.max_steps, stage.tensorboard, stage.progress = 2, False, False
+        stage.max_steps = 2
     cfg.sft.batch_size = cfg.reward.batch_size = 8
     cfg.ppo.rollout_batch_size, cfg.ppo.minibatch_size, cfg.ppo.max_new_tokens = 4, 2, 4
+    cfg.seed = 7
     results = run_pipeline(cfg)
     assert [results[s]["steps"] for s in ("sft", "reward", "ppo")] == [2, 2, 2]
+    # Each stage records what it ran with: the shared seed, its own settings, its paths.
+    from rlhf_fast.config import load_config
+    from rlhf_fast.trainers.ppo import PPOConfig as PPO
+
+    ran = load_config(PPO, tmp_path / "run" / "ppo" / "config.toml")
+    assert (ran.seed, ran.max_steps, ran.instruction) == (7, 2, "write a short review .")
+    assert ran.policy == str(tmp_path / "run" / "sft" / "model")
     assert results["reward"]["n_eval_pairs"] == 4  # eval_fraction 0.1 of 40
     assert (tmp_path / "run" / "ppo" / "policy" / "config.json").is_file()
     cfg.resume = True  # finished stages are skipped

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from rlhf_fast.config import (
     ConfigError,
     add_config_arguments,
+    check_flags,
     config_fields,
     config_from_args,
     dump_config,
@@ -57,43 +58,46 @@ class Command:
     runner: str
 
     def load(self) -> tuple[type, Callable[[Any], Any], str]:
-        """Import the stage: ``(config class, run function, module docstring)``."""
+        """Import the stage: ``(config class, run function, module docstring)``.
+
+        ``runner`` is a name in ``module`` or ``other.module:name``.
+        """
         try:
             module = importlib.import_module(self.module)
+            runner_module, _, runner = self.runner.rpartition(":")
+            run_from = importlib.import_module(runner_module) if runner_module else module
         except ImportError as exc:
             raise _StageImportError(
                 f"cannot import {self.module}: {exc} "
                 "(the training stack needs the 'train' extra: pip install 'rlhf_fast[train]')"
             ) from exc
-        return (
-            getattr(module, self.config_class),
-            getattr(module, self.runner),
-            module.__doc__ or "",
-        )
+        return getattr(module, self.config_class), getattr(run_from, runner), module.__doc__ or ""
 
 
 class _StageImportError(RlhfFastError):
     pass
 
 
+# The training commands run through rlhf_fast.preflight: every input file is loaded and
+# checked against the model before the first step.
 COMMANDS: dict[str, Command] = {
     "sft": Command(
         "Supervised fine-tuning: next-token loss on the response tokens.",
         "rlhf_fast.trainers.sft",
         "SFTConfig",
-        "run_sft",
+        "rlhf_fast.preflight:run_sft",
     ),
     "train-reward": Command(
         "Train a Bradley-Terry reward model on preference pairs.",
         "rlhf_fast.trainers.reward",
         "RewardConfig",
-        "run_reward",
+        "rlhf_fast.preflight:run_reward",
     ),
     "ppo": Command(
         "PPO against a reward model with a KL penalty to the reference policy.",
         "rlhf_fast.trainers.ppo",
         "PPOConfig",
-        "run_ppo",
+        "rlhf_fast.preflight:run_ppo",
     ),
     "pipeline": Command(
         "SFT, then the reward model, then PPO, each stage starting from the last.",
@@ -265,6 +269,7 @@ def _exit_code(exit_: SystemExit) -> int:
 
 def _run_command(name: str, command: Command, argv: list[str], *, debug: bool) -> int:
     config_cls, run, module_doc = command.load()
+    check_flags(config_cls, argv)
     parser = build_command_parser(name, command, config_cls, module_doc)
     try:
         args = parser.parse_args(argv)

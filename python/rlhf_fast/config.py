@@ -37,8 +37,12 @@ from typing import Any, Literal, Union
 from rlhf_fast.errors import InvalidArgumentError
 
 __all__ = [
+    "ConfigBase",
+    "check_flags",
     "ConfigError",
     "FieldSpec",
+    "RunConfig",
+    "StageSettings",
     "add_config_arguments",
     "config_fields",
     "field_defaults",
@@ -48,8 +52,13 @@ __all__ = [
     "dump_config",
     "load_config",
     "load_config_file",
+    "misplaced_option",
+    "option",
+    "redefault",
     "render_config",
     "render_config_markdown",
+    "run_settings",
+    "settings_of",
 ]
 
 _FIELD_DEST = "config_field:"
@@ -58,6 +67,172 @@ _NONE_WORDS = ("none", "null")
 
 class ConfigError(InvalidArgumentError):
     """A config file, key or value is invalid."""
+
+
+class OptionValueError(ConfigError):
+    """One option holds a value outside its range; ``option`` is its (dotted) name."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        self.option, self.reason = option, reason
+        super().__init__(f"{option_strings(option)[0]} ({option}): {reason}")
+
+
+# ------------------------------------------------------ config building blocks
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text, the one place the CLI and config files read it from.
+
+    A list default is copied for every instance.
+    """
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def redefault(owner: type, name: str, default: Any) -> Any:
+    """Field ``name`` of the base class ``owner`` with another default (the help stays there)."""
+    return option(default, owner.__dataclass_fields__[name].metadata["help"])
+
+
+class ConfigBase:
+    """Base of the config dataclasses: assigning an attribute that is not a field is an
+    error (a misspelt or misplaced setting would otherwise be dropped without a word),
+    and ``__post_init__`` range checks chain through ``super()``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        fields = getattr(self, "__dataclass_fields__", {})
+        if name not in fields and not name.startswith("_"):
+            if name in RunConfig.__dataclass_fields__ and not isinstance(self, RunConfig):
+                hint = ": it is shared by every stage; set it on the pipeline's or demo's config"
+            else:
+                hint = _suggest(name, list(fields))
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}{hint}")
+        object.__setattr__(self, name, value)
+
+    def __post_init__(self) -> None:
+        pass
+
+    def _require(self, name: str, ok: bool, expected: str) -> None:
+        """Raise :class:`OptionValueError` for field ``name`` unless ``ok``."""
+        if not ok:
+            raise OptionValueError(name, f"expected {expected}, got {getattr(self, name)!r}")
+
+
+def _suggest(key: str, known: Sequence[str], prefix: str = "") -> str:
+    close = (
+        difflib.get_close_matches(key, list(known), n=1)
+        or [name for name in known if name.startswith(key) or key.startswith(name)][:1]
+    )
+    if close:
+        return f"; did you mean {prefix + close[0]!r}?"
+    return f"; known keys: {', '.join(prefix + k for k in known)}" if prefix else ""
+
+
+@dataclasses.dataclass
+class RunConfig(ConfigBase):
+    """Settings every stage shares; ``pipeline`` and ``demo`` set them once for all stages."""
+
+    output_dir: str = option(
+        "runs/run", "Directory for the model, metrics, checkpoints and config.toml."
+    )
+    seed: int = option(0, "Random seed (weights of a new model or head, data order, sampling).")
+    resume: bool = option(
+        False,
+        "Continue from the last checkpoint in output_dir (pipeline, demo: skip finished stages).",
+    )
+    tokenizer: str = option(
+        "",
+        "'bytes', 'demo-words' or a local directory; empty: the model directory's own, "
+        "or 'bytes' for a built-in model.",
+    )
+    instruction: str = option("", "Text prepended to every prompt.")
+    skip_invalid: bool = option(
+        False,
+        "Skip malformed data records instead of stopping; they are counted in the summary "
+        "(n_skipped_records) and logged.",
+    )
+    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    tensorboard: bool = option(True, "Also write TensorBoard event files.")
+    progress: bool = option(True, "Show progress bars.")
+
+
+@dataclasses.dataclass
+class StageSettings(ConfigBase):
+    """Knobs every training stage has, each stage with its own value (``--ppo.log-every``)."""
+
+    lr_multiplier: float = option(
+        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
+    )
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
+    log_every: int = option(10, "Log metrics every this many steps.")
+    save_every: int = option(200, "Write a checkpoint every this many steps (and at the end).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("lr_multiplier", _positive(self.lr_multiplier), "a number > 0")
+        self._require("grad_clip", _positive(self.grad_clip, zero=True), "a number >= 0")
+        self._require("log_every", self.log_every >= 1, "an integer >= 1")
+        self._require("save_every", self.save_every >= 1, "an integer >= 1")
+
+
+def _positive(value: Any, *, zero: bool = False) -> bool:
+    """``value`` is a finite number > 0 (``>= 0`` with ``zero``)."""
+    return (
+        isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
+    )
+
+
+def run_settings(config: RunConfig) -> dict[str, Any]:
+    """The :class:`RunConfig` options of ``config``, as keyword arguments for a stage config."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(RunConfig)}
+
+
+def settings_of(settings: Any, cls: type, name: str) -> dict[str, Any]:
+    """The options of a nested stage ``settings`` (exactly a ``cls``), as keyword arguments.
+
+    A full stage config in its place (``PPOConfig`` for ``PPOSettings``) would carry a
+    seed, device, ... that the stage would then not run with: an error.
+    """
+    if type(settings) is not cls:
+        raise ConfigError(
+            f"{name}: expected {cls.__name__} (the stage's own settings; the shared ones "
+            f"are set once for every stage), got {type(settings).__name__}"
+        )
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)}
+
+
+def misplaced_option(cls: type, dotted: str) -> str:
+    """A hint when ``dotted`` is no option of ``cls`` but is set elsewhere, else ``""``.
+
+    ``ppo.seed`` of a pipeline: the seed is one top-level option shared by every stage.
+    Classes that fill stage fields themselves list them in a ``WIRED`` class attribute
+    (``{"ppo.policy": "the SFT model"}``).
+    """
+    wired = getattr(cls, "WIRED", {})
+    if dotted in wired:
+        return f": {cls.__name__} sets it to {wired[dotted]}"
+    *_, leaf = dotted.split(".")
+    if not dataclasses.is_dataclass(cls):
+        return ""
+    top = {f.name for f in dataclasses.fields(cls)}
+    if "." in dotted and leaf in top:
+        return (
+            f": it is set once for every stage; use {option_strings(leaf)[0]} "
+            f"(key {leaf!r} at the top level)"
+        )
+    if "." not in dotted:  # a stage setting given at the top level
+        homes = [
+            option_strings(f"{spec.name}.{leaf}")[0]
+            for spec in config_fields(cls)
+            if spec.is_nested
+            and "." not in spec.name
+            and leaf in {f.name for f in dataclasses.fields(spec.base)}
+        ]
+        if homes:
+            return f": it is a stage setting; use {' or '.join(homes)}"
+    return ""
 
 
 # ---------------------------------------------------------------- field specs
@@ -392,6 +567,30 @@ def add_config_arguments(
     return specs
 
 
+def check_flags(cls: type, argv: Sequence[str]) -> None:
+    """Stop on a flag that names an option ``cls`` sets elsewhere (``--ppo.seed`` of a
+    pipeline), with a message that says where, before the parser calls it unknown."""
+    known = {spec.name for spec in config_fields(cls)}
+    for arg in argv:
+        if arg == "--":
+            break
+        if not arg.startswith("--") or "." not in arg:
+            continue
+        dotted = arg[2:].split("=", 1)[0].replace("-", "_")
+        *parents, leaf = dotted.split(".")
+        candidates = [dotted]
+        if leaf.startswith("no_"):
+            candidates.append(".".join([*parents, leaf[3:]]))
+        if parents and parents[0].startswith("no_"):
+            candidates.append(".".join([parents[0][3:], *parents[1:], leaf]))
+        if any(c in known for c in candidates):
+            continue
+        for candidate in candidates:
+            hint = misplaced_option(cls, candidate)
+            if hint:
+                raise ConfigError(f"{arg.split('=', 1)[0]} is no option of {cls.__name__}{hint}")
+
+
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -419,9 +618,10 @@ def config_from_args(
 
 # --------------------------------------------------------------- dict <-> config
 def _normalise_keys(
-    cls: type, data: Mapping[str, Any], source: str, prefix: str = ""
+    cls: type, data: Mapping[str, Any], source: str, prefix: str = "", root: Any = None
 ) -> dict[str, Any]:
     """Accept ``output-dir`` for ``output_dir``; reject unknown keys with a suggestion."""
+    root = cls if root is None else root
     if not isinstance(data, Mapping):
         where = f"key {prefix[:-1]!r}" if prefix else "the top level"
         raise ConfigError(f"{source}: {where}: expected a table of options, got {_describe(data)}")
@@ -431,16 +631,9 @@ def _normalise_keys(
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         if key not in fields:
-            known = [prefix + name for name in fields]
-            close = (
-                difflib.get_close_matches(key, list(fields), n=1)
-                or [name for name in fields if name.startswith(key) or key.startswith(name)][:1]
-            )
-            hint = (
-                f"; did you mean {prefix + close[0]!r}?"
-                if close
-                else f"; known keys: {', '.join(known)}"
-            )
+            hint = misplaced_option(root, prefix + key) or _suggest(key, list(fields), prefix)
+            if not prefix and not hint:
+                hint = f"; known keys: {', '.join(fields)}"
             raise ConfigError(
                 f"{source}: unknown key {prefix + str(raw_key)!r} for {cls.__name__}{hint}"
             )
@@ -448,7 +641,7 @@ def _normalise_keys(
             raise ConfigError(f"{source}: key {prefix + key!r} is given twice (with '-' and '_')")
         base = _analyse(cls, key, hints[key])[0]
         if isinstance(base, type) and dataclasses.is_dataclass(base):
-            value = _normalise_keys(base, value, source, prefix=prefix + key + ".")
+            value = _normalise_keys(base, value, source, prefix=prefix + key + ".", root=root)
         out[key] = value
     return out
 
@@ -495,6 +688,8 @@ def _build(cls: type, data: Mapping[str, Any], source: str, prefix: str, base: A
             ) from None
     try:
         return cls(**kwargs)
+    except OptionValueError as exc:
+        raise OptionValueError(prefix + exc.option, exc.reason) from None
     except (InvalidArgumentError, ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: invalid {cls.__name__}: {exc}") from exc
 

@@ -23,10 +23,14 @@ message names the file, the place and the field::
     reviews.jsonl: line 7: field 'choice': expected 0 or 1 (int), got True (bool)
 
 Places are 1-based line numbers for JSON lines (what an editor shows) and 0-based row
-indices for Parquet files, datasets and lists (what ``dataset[i]`` takes). With
-``skip_invalid=True`` bad records are skipped instead; the count is logged as a
-warning and returned in the ``report`` attribute of the returned list
-(:class:`LoadReport`). Nothing is dropped silently.
+indices for Parquet files, datasets and lists (what ``dataset[i]`` takes). A JSONL line
+that is not valid UTF-8 is such a record too. With ``skip_invalid=True`` bad records are
+skipped instead; the count is logged as a warning and returned in the ``report``
+attribute of the returned list (:class:`LoadReport`). A preference pair whose chosen and
+rejected texts are the same teaches the reward model nothing: it is skipped and counted
+the same way (``identical="error"`` stops on it instead). Nothing is dropped silently.
+Each kept record's place is in the list's ``places``, so a later check (a prompt longer
+than the policy's context, :func:`drop_too_long`) can name it too.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar, Union
+from typing import Any, Callable, Generic, Literal, TypeVar, Union
 
 from rlhf_fast.errors import InvalidArgumentError
 
@@ -48,6 +52,7 @@ __all__ = [
     "LoadedRecords",
     "PreferencePair",
     "SFTExample",
+    "drop_too_long",
     "load_preference_pairs",
     "load_prompts",
     "load_sft_examples",
@@ -105,22 +110,36 @@ class DataValidationError(InvalidArgumentError):
 
 @dataclass
 class LoadReport:
-    """What a loader read: records kept, records skipped and why (first 100 messages)."""
+    """What a loader read: records kept, records skipped (``n_skipped``, and per reason in
+    ``skipped``: ``{"invalid": 2, "identical pair": 1}``) and why (first 100 messages)."""
 
     source: str
     n_loaded: int = 0
     n_skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    unit: str = "row"
+
+    def skip(self, reason: str, message: str) -> None:
+        self.n_skipped += 1
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.errors) < _MAX_KEPT_ERRORS:
+            self.errors.append(message)
 
 
 class LoadedRecords(list, Generic[T]):  # type: ignore[type-arg]
-    """A plain ``list`` of records that also carries its :class:`LoadReport` as ``.report``."""
+    """A plain ``list`` of records that also carries its :class:`LoadReport` as ``.report``
+    and, in ``.places``, each record's line (JSONL, 1-based) or row (0-based)."""
 
     report: LoadReport
+    places: list[int]
 
-    def __init__(self, records: Iterable[T], report: LoadReport) -> None:
+    def __init__(
+        self, records: Iterable[T], report: LoadReport, places: Iterable[int] | None = None
+    ) -> None:
         super().__init__(records)
         self.report = report
+        self.places = list(places) if places is not None else list(range(len(self)))
 
 
 # ----------------------------------------------------------------- reading sources
@@ -133,10 +152,26 @@ def _short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _invalid_utf8(path: Path, line_number: int, raw: bytes, exc: UnicodeDecodeError):
+    return DataValidationError(
+        str(path),
+        "line",
+        line_number,
+        None,
+        f"invalid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line "
+        "(re-save the file as UTF-8)",
+    )
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, parsed_or_error)``; blank lines are not records."""
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes: a bad byte is one bad line, not a crash
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield line_number, _invalid_utf8(path, line_number, raw, exc)
+                continue
             if not line.strip():
                 continue
             try:
@@ -155,8 +190,16 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    raw = path.read_bytes()
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line_number = raw.count(b"\n", 0, exc.start) + 1
+        shifted = UnicodeDecodeError("utf-8", raw, exc.start - line_start, exc.end, exc.reason)
+        raise _invalid_utf8(path, line_number, raw[line_start:], shifted) from None
+    try:
+        records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataValidationError(
             str(path), "line", exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
@@ -173,11 +216,9 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _starts_with_bracket(path: Path) -> bool:
-    with path.open("r", encoding="utf-8") as handle:
-        while True:
-            char = handle.read(1)
-            if not char or not char.isspace():
-                return char == "["
+    with path.open("rb") as handle:
+        head = handle.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"[")
 
 
 def _open_source(source: DataSource) -> tuple[str, str, Iterator[tuple[int, Any]]]:
@@ -277,6 +318,14 @@ class _RecordChecker:
         return int(value)
 
 
+class _Skip(Exception):
+    """Raised by a record parser for a well-formed record that is skipped, with a reason."""
+
+    def __init__(self, reason: str, error: DataValidationError) -> None:
+        super().__init__(str(error))
+        self.reason = reason
+
+
 def _load(
     source: DataSource,
     parse: Callable[[_RecordChecker], T],
@@ -285,44 +334,97 @@ def _load(
     what: str,
 ) -> LoadedRecords[T]:
     description, unit, rows = _open_source(source)
-    report = LoadReport(source=description)
+    report = LoadReport(source=description, unit=unit)
     records: list[T] = []
+    places: list[int] = []
     for index, raw in rows:
         try:
             if isinstance(raw, DataValidationError):
                 raise raw
             records.append(parse(_RecordChecker(description, unit, index, raw)))
+            places.append(index)
+        except _Skip as skip:
+            report.skip(skip.reason, str(skip))
         except DataValidationError as exc:
             if not skip_invalid:
                 raise
-            report.n_skipped += 1
-            if len(report.errors) < _MAX_KEPT_ERRORS:
-                report.errors.append(str(exc))
+            report.skip("invalid", str(exc))
     report.n_loaded = len(records)
-    if report.n_skipped:
-        logger.warning(
-            "%s: skipped %d invalid %s record(s) of %d (skip_invalid=True); first: %s",
-            description,
-            report.n_skipped,
-            what,
-            report.n_skipped + report.n_loaded,
-            report.errors[0],
-        )
+    _warn_skipped(report, what)
     if not records:
         raise InvalidArgumentError(
             f"{description}: no valid {what} records"
             + (
-                f" ({report.n_skipped} skipped as invalid)"
+                f" ({report.n_skipped} skipped: {_reasons(report)})"
                 if report.n_skipped
                 else " (empty source)"
             )
         )
-    return LoadedRecords(records, report)
+    return LoadedRecords(records, report, places)
+
+
+def _reasons(report: LoadReport) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in report.skipped.items())
+
+
+def _warn_skipped(report: LoadReport, what: str) -> None:
+    if report.n_skipped:
+        logger.warning(
+            "%s: skipped %d %s record(s) of %d (%s); first: %s",
+            report.source,
+            report.n_skipped,
+            what,
+            report.n_skipped + report.n_loaded,
+            _reasons(report),
+            report.errors[0],
+        )
+
+
+def drop_too_long(
+    records: LoadedRecords[T],
+    n_tokens: Iterable[int],
+    limit: int,
+    *,
+    field: str,
+    why: str,
+    skip_invalid: bool = False,
+) -> LoadedRecords[T]:
+    """Check ``records`` against a token budget: ``n_tokens[i] > limit`` is an error naming
+    the record's place, ``field``, its length, ``limit`` and ``why``; with ``skip_invalid``
+    such records are dropped instead and counted in the report (reason ``"too long"``).
+    """
+    report = records.report
+    kept: list[T] = []
+    places: list[int] = []
+    for record, place, n in zip(records, records.places, n_tokens):
+        if n <= limit:
+            kept.append(record)
+            places.append(place)
+            continue
+        error = DataValidationError(
+            report.source, report.unit, place, field, f"{n} tokens, more than the {limit} {why}"
+        )
+        if not skip_invalid:
+            raise error
+        report.skip("too long", str(error))
+    if len(kept) == len(records):
+        return records
+    report.n_loaded = len(kept)
+    _warn_skipped(report, field)
+    if not kept:
+        raise InvalidArgumentError(
+            f"{report.source}: no {field} fits: every one is longer than {limit} tokens ({why})"
+        )
+    return LoadedRecords(kept, report, places)
 
 
 # ---------------------------------------------------------------------- loaders
 def load_preference_pairs(
-    source: DataSource, *, skip_invalid: bool = False, allow_empty_prompt: bool = False
+    source: DataSource,
+    *,
+    skip_invalid: bool = False,
+    allow_empty_prompt: bool = False,
+    identical: Literal["skip", "error"] = "skip",
 ) -> LoadedRecords[PreferencePair]:
     """Load preference pairs in the ``chosen/rejected`` or ``candidate_0/1 + choice`` form.
 
@@ -334,6 +436,8 @@ def load_preference_pairs(
         skip_invalid: skip malformed records (counted in ``.report`` and logged)
             instead of raising :class:`DataValidationError`.
         allow_empty_prompt: accept ``""`` as a prompt (unconditional pairs).
+        identical: a pair whose chosen and rejected texts are equal is skipped and
+            counted (``"skip"``, reason ``"identical pair"``) or an error (``"error"``).
 
     Returns:
         A list of :class:`PreferencePair` with a ``.report`` (:class:`LoadReport`).
@@ -352,11 +456,24 @@ def load_preference_pairs(
                     "missing (a preference pair needs either chosen/rejected "
                     "or candidate_0/candidate_1/choice)",
                 )
-            return PreferencePair(prompt, rec.text("chosen"), rec.text("rejected"))
+            return distinct(rec, PreferencePair(prompt, rec.text("chosen"), rec.text("rejected")))
         candidates = (rec.text("candidate_0"), rec.text("candidate_1"))
         choice = rec.choice("choice")
-        return PreferencePair(prompt, candidates[choice], candidates[1 - choice])
+        return distinct(rec, PreferencePair(prompt, candidates[choice], candidates[1 - choice]))
 
+    def distinct(rec: _RecordChecker, pair: PreferencePair) -> PreferencePair:
+        if pair.chosen != pair.rejected:
+            return pair
+        error = rec.error(
+            "rejected" if rec.has("rejected") else "candidate_1",
+            "the same text as the chosen response (the pair teaches nothing)",
+        )
+        if identical == "error":
+            raise error
+        raise _Skip("identical pair", error)
+
+    if identical not in ("skip", "error"):
+        raise InvalidArgumentError(f"identical: expected 'skip' or 'error', got {identical!r}")
     return _load(source, parse, skip_invalid=skip_invalid, what="preference pair")
 
 

@@ -4,89 +4,83 @@ r"""The three stages in a row: SFT -> reward model -> PPO.
         --prompts prompts.jsonl --output-dir runs/pipeline
 
 Stage outputs land in ``output_dir/{sft,reward,ppo}``; the reward model and the PPO
-policy (and reference) start from the SFT model. The shared fields below override the
-same-named fields of the nested stage configs; everything else is set per stage
-(``--sft.max-steps``, ``--ppo.kl-coef``, ...).
+policy (and reference) start from the SFT model. The options shared by every stage
+(seed, resume, device, tokenizer, instruction, ...) are set once, at the top level; each
+stage's own settings are nested (``--sft.max-steps``, ``--ppo.kl-coef``). A stage option
+the pipeline sets itself (``--ppo.seed``, ``--ppo.policy``) is an error that says where
+it is set. Every input file is loaded and checked before the first stage trains, and
+each stage's ``config.toml`` records the exact settings it ran with.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from rlhf_fast.trainers.ppo import PPOConfig, run_ppo
-from rlhf_fast.trainers.reward import RewardConfig, run_reward
-from rlhf_fast.trainers.runtime import option
-from rlhf_fast.trainers.sft import SFTConfig, run_sft
+from rlhf_fast import preflight
+from rlhf_fast.config import RunConfig, dump_config, option, redefault, run_settings, settings_of
+from rlhf_fast.trainers.ppo import PPOConfig, PPOSettings, PPOTrainer
+from rlhf_fast.trainers.reward import RewardConfig, RewardSettings, RewardTrainer
+from rlhf_fast.trainers.sft import SFTConfig, SFTSettings, SFTTrainer
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(RunConfig):
     """SFT, then a Bradley-Terry reward model, then PPO, each stage starting from the last."""
 
-    output_dir: str = option(
-        "runs/pipeline", "Root directory; stages write into sft/, reward/ and ppo/ below it."
-    )
-    seed: int = option(0, "Random seed of every stage.")
-    resume: bool = option(
-        False, "Skip finished stages and continue the running one from its last checkpoint."
-    )
+    # Stage fields the pipeline fills itself; setting them is an error saying so.
+    WIRED: ClassVar[dict[str, str]] = {
+        "sft.model": "model",
+        "sft.data": "sft_data",
+        "reward.model": "the SFT model (model when sft_data is empty)",
+        "reward.data": "preference_data",
+        "ppo.policy": "the SFT model (model when sft_data is empty)",
+        "ppo.reward_model": "the reward stage's model",
+        "ppo.prompts": "prompts",
+    }
+
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/pipeline")
     model: str = option("tiny-gpt2", "Base model: a built-in name or a local causal-LM directory.")
-    tokenizer: str = option(
-        "", "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
-    )
     sft_data: str = option(
         "", "SFT examples {prompt, response} (JSONL/Parquet); empty: skip SFT and use model as is."
     )
     preference_data: str = option("", "Preference pairs for the reward model (JSONL/Parquet).")
     prompts: str = option("", "Prompts for PPO (JSONL/Parquet).")
-    instruction: str = option("", "Text prepended to every prompt in every stage.")
-    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
-    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
-    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT stage settings."})
-    reward: RewardConfig = field(
-        default_factory=RewardConfig, metadata={"help": "Reward-model stage settings."}
+    sft: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "SFT stage settings."})
+    reward: RewardSettings = field(
+        default_factory=RewardSettings, metadata={"help": "Reward-model stage settings."}
     )
-    ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "PPO stage settings."})
+    ppo: PPOSettings = field(default_factory=PPOSettings, metadata={"help": "PPO stage settings."})
 
 
 def stage_configs(config: PipelineConfig) -> tuple[SFTConfig, RewardConfig, PPOConfig]:
-    """The three stage configs with the shared fields and the stage-to-stage paths filled in."""
+    """The three stage configs: the shared options, each stage's own, and the paths between."""
     root = Path(config.output_dir)
-    shared = {
-        "seed": config.seed,
-        "resume": config.resume,
-        "instruction": config.instruction,
-        "device": config.device,
-        "bf16_autocast": config.bf16_autocast,
-    }
-    sft = replace(
-        config.sft,
-        output_dir=str(root / "sft"),
-        model=config.model,
-        tokenizer=config.tokenizer,
-        data=config.sft_data,
-        **shared,
-    )
+    shared = run_settings(config)
     base = str(root / "sft" / "model") if config.sft_data else config.model
-    tokenizer = "" if config.sft_data else config.tokenizer
-    reward = replace(
-        config.reward,
-        output_dir=str(root / "reward"),
-        model=base,
-        tokenizer=tokenizer,
-        data=config.preference_data,
-        **shared,
+    # After SFT the tokenizer is the one saved with the SFT model.
+    later_tokenizer = "" if config.sft_data else config.tokenizer
+    sft = SFTConfig(
+        **{**shared, "output_dir": str(root / "sft")},
+        **settings_of(config.sft, SFTSettings, "sft"),
+        model=config.model,
+        data=config.sft_data,
     )
-    ppo = replace(
-        config.ppo,
-        output_dir=str(root / "ppo"),
+    later = {**shared, "tokenizer": later_tokenizer}
+    reward = RewardConfig(
+        **{**later, "output_dir": str(root / "reward")},
+        **settings_of(config.reward, RewardSettings, "reward"),
+        model=base,
+        data=config.preference_data,
+    )
+    ppo = PPOConfig(
+        **{**later, "output_dir": str(root / "ppo")},
+        **settings_of(config.ppo, PPOSettings, "ppo"),
         policy=base,
-        tokenizer=tokenizer,
         reward_model=str(root / "reward" / "model"),
         prompts=config.prompts,
-        **shared,
     )
     return sft, reward, ppo
 
@@ -95,18 +89,35 @@ def _finished(stage_dir: str, artefact: str) -> bool:
     return (Path(stage_dir) / artefact).is_dir()
 
 
+def _record(stage: Any) -> None:
+    """Write the stage's resolved config into its directory (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        dump_config(stage, Path(stage.output_dir) / "config.toml")
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """The CLI entry point of ``rlhf-fast pipeline``: run the stages, return their summaries."""
     sft, reward, ppo = stage_configs(config)
+    # Every input is loaded and checked before the first step; the stages train on these.
+    # Until SFT has run, the base model stands in for the reward trunk and the policy (the
+    # same architecture and tokenizer).
+    examples = preflight.sft_examples(sft, prefix="sft.") if config.sft_data else None
+    pairs, eval_pairs = preflight.preference_pairs(reward, model=config.model, prefix="reward.")
+    prompts = preflight.ppo_prompts(
+        ppo, policy=config.model, tokenizer=config.tokenizer, prefix="ppo."
+    )
     results: dict[str, Any] = {}
-    if config.sft_data:
+    if examples is not None:
         if config.resume and _finished(sft.output_dir, "model"):
             results["sft"] = {"stage": "sft", "skipped": "finished earlier"}
         else:
-            results["sft"] = run_sft(sft)
+            _record(sft)
+            results["sft"] = SFTTrainer(sft, examples=examples).train()
     if config.resume and _finished(reward.output_dir, "model"):
         results["reward"] = {"stage": "reward", "skipped": "finished earlier"}
     else:
-        results["reward"] = run_reward(reward)
-    results["ppo"] = run_ppo(ppo)
+        _record(reward)
+        results["reward"] = RewardTrainer(reward, pairs=pairs, eval_pairs=eval_pairs).train()
+    _record(ppo)
+    results["ppo"] = PPOTrainer(ppo, prompts=prompts).train()
     return results

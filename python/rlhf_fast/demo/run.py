@@ -20,24 +20,30 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from rlhf_fast import preflight
+from rlhf_fast.config import (
+    OptionValueError,
+    RunConfig,
+    dump_config,
+    option,
+    redefault,
+    run_settings,
+    settings_of,
+)
 from rlhf_fast.demo.annotators import BradleyTerryAnnotators, ceiling_accuracy
 from rlhf_fast.demo.task import gold_score, make_prompts, make_sft_corpus
-from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import generate_responses
-from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
-from rlhf_fast.trainers.reward import RewardConfig, RewardTrainer
-from rlhf_fast.trainers.runtime import option
-from rlhf_fast.trainers.sft import SFTConfig, SFTTrainer
+from rlhf_fast.trainers.ppo import PPOConfig, PPOSettings, PPOTrainer
+from rlhf_fast.trainers.reward import RewardConfig, RewardSettings, RewardTrainer
+from rlhf_fast.trainers.sft import SFTConfig, SFTSettings, SFTTrainer
 
 
-def _sft_defaults() -> SFTConfig:
-    return SFTConfig(
-        model="tiny-gpt2",
-        tokenizer="demo-words",
+def _sft_defaults() -> SFTSettings:
+    return SFTSettings(
         max_steps=250,
         batch_size=64,
         learning_rate=3e-3,
@@ -47,8 +53,8 @@ def _sft_defaults() -> SFTConfig:
     )
 
 
-def _reward_defaults() -> RewardConfig:
-    return RewardConfig(
+def _reward_defaults() -> RewardSettings:
+    return RewardSettings(
         max_steps=200,
         batch_size=64,
         learning_rate=1e-3,
@@ -59,8 +65,8 @@ def _reward_defaults() -> RewardConfig:
     )
 
 
-def _ppo_defaults() -> PPOConfig:
-    return PPOConfig(
+def _ppo_defaults() -> PPOSettings:
+    return PPOSettings(
         max_steps=40,
         rollout_batch_size=64,
         minibatch_size=16,
@@ -73,21 +79,28 @@ def _ppo_defaults() -> PPOConfig:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(RunConfig):
     """The offline built-in example: SFT -> reward model (simulated annotators) -> PPO, with a report.
 
-    The nested ``sft``, ``reward`` and ``ppo`` settings are the stages' own; the demo sets
-    their ``output_dir``, model, tokenizer and data paths, and passes its ``seed``,
-    ``resume``, ``device``, ``bf16_autocast``, ``instruction`` and ``progress`` down.
+    The options shared by every stage are set once, here; the nested ``sft``, ``reward``
+    and ``ppo`` settings are each stage's own. The demo fills the stages' model and data
+    paths itself (setting them is an error), and ``ppo.max_new_tokens`` caps every
+    response it samples: for labels, for evaluation and in PPO.
     """
 
-    output_dir: str = option("runs/demo", "Report folder; stages write below it.")
-    seed: int = option(0, "Seed of the corpus, annotators and every stage.")
-    resume: bool = option(False, "Reuse finished stages and resume the running one.")
-    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
-    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    WIRED: ClassVar[dict[str, str]] = {
+        "sft.model": "model",
+        "sft.data": "its generated corpus",
+        "reward.model": "the SFT model",
+        "reward.data": "its labelled pairs",
+        "ppo.policy": "the SFT model",
+        "ppo.reward_model": "the reward stage's model",
+        "ppo.prompts": "its generated prompts",
+    }
+
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/demo")
+    tokenizer: str = redefault(RunConfig, "tokenizer", "demo-words")
     model: str = option("tiny-gpt2", "Built-in model to start from (fresh weights).")
-    instruction: str = option("", "Text prepended to every prompt in every stage.")
     n_sft_examples: int = option(6000, "Template reviews in the SFT corpus.")
     n_preference_pairs: int = option(
         3000, "Pairs of SFT-policy samples labelled for reward-model training."
@@ -95,22 +108,31 @@ class DemoConfig:
     n_eval_pairs: int = option(
         600, "Further labelled pairs held out to measure reward-model accuracy."
     )
-    annotator_betas: str = option(
-        "0.7,1.0,1.5", "Comma-separated Bradley-Terry sharpness of each simulated annotator."
+    annotator_betas: list[float] = option(
+        [0.7, 1.0, 1.5], "Bradley-Terry sharpness of each simulated annotator."
     )
     n_prompts: int = option(2048, "Prompts in the PPO prompt set.")
-    n_eval_samples: int = option(512, "Responses scored before and after PPO (>= 256).")
-    max_new_tokens: int = option(32, "Response length cap (sampling for labels and evaluation).")
+    n_eval_samples: int = option(512, "Responses scored before and after PPO (>= 2).")
     threads: int = option(
         1,
         "torch CPU threads (0: torch's default). One is fastest for this tiny model on a busy machine.",
     )
-    progress: bool = option(True, "Show progress bars.")
-    sft: SFTConfig = field(default_factory=_sft_defaults, metadata={"help": "SFT stage settings."})
-    reward: RewardConfig = field(
+    sft: SFTSettings = field(
+        default_factory=_sft_defaults, metadata={"help": "SFT stage settings."}
+    )
+    reward: RewardSettings = field(
         default_factory=_reward_defaults, metadata={"help": "Reward-model stage settings."}
     )
-    ppo: PPOConfig = field(default_factory=_ppo_defaults, metadata={"help": "PPO stage settings."})
+    ppo: PPOSettings = field(
+        default_factory=_ppo_defaults, metadata={"help": "PPO stage settings."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_sft_examples", "n_preference_pairs", "n_eval_pairs", "n_prompts"):
+            self._require(name, getattr(self, name) >= 1, "an integer >= 1")
+        self._require("n_eval_samples", self.n_eval_samples >= 2, "an integer >= 2")
+        self._require("threads", self.threads >= 0, "an integer >= 0")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -131,7 +153,7 @@ def _labelled_pairs(
     """Two SFT-policy samples per prompt, labelled by the annotators (``candidate_*``/``choice`` form)."""
     doubled = [p for p in prompts for _ in range(2)]
     responses = generate_responses(
-        policy, tokenizer, doubled, max_new_tokens=cfg.max_new_tokens, device=device
+        policy, tokenizer, doubled, max_new_tokens=cfg.ppo.max_new_tokens, device=device
     )
     gold = gold_score(responses, doubled)
     gold_a, gold_b = gold[0::2], gold[1::2]
@@ -139,8 +161,10 @@ def _labelled_pairs(
     records, gold_chosen, gold_rejected = [], [], []
     for i, (p, c) in enumerate(zip(prompts, choices)):
         a, b = responses[2 * i], responses[2 * i + 1]
-        if not a.strip() or not b.strip():
-            continue  # an empty response is no review to judge; the pair is dropped (and counted)
+        if not a.strip() or not b.strip() or a == b:
+            # An empty response is no review to judge, and a pair of equal ones teaches
+            # nothing: the pair is dropped (and counted).
+            continue
         records.append({"prompt": p, "candidate_0": a, "candidate_1": b, "choice": c})
         gold_chosen.append(gold_b[i] if c else gold_a[i])
         gold_rejected.append(gold_a[i] if c else gold_b[i])
@@ -177,6 +201,11 @@ def evaluate_policy(
     }
 
 
+def _record(stage: Any) -> None:
+    """The stage's resolved config beside its outputs: the record of what it ran with."""
+    dump_config(stage, Path(stage.output_dir) / "config.toml")
+
+
 def _gold_metrics(prompts: list[str], responses: list[str]) -> dict[str, float]:
     gold = gold_score(responses, prompts)
     return {"gold/mean": statistics.fmean(gold), "gold/std": statistics.pstdev(gold)}
@@ -193,22 +222,43 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     # generate() in decode steps feeds <pad> for finished rows and transformers then warns about
     # a missing attention mask; left padding is handled (tests/test_models.py), so keep it quiet.
     hf_logging.set_verbosity_error()
-    if cfg.n_eval_samples < 2:
-        raise InvalidArgumentError(f"n_eval_samples: expected >= 2, got {cfg.n_eval_samples}")
+    if cfg.reward.eval_data:
+        raise OptionValueError(
+            "reward.eval_data", "the demo holds out its own labelled pairs; leave it empty"
+        )
+    if cfg.ppo.prompt_field != "prompt":
+        raise OptionValueError("ppo.prompt_field", "the demo's prompts file uses 'prompt'")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    betas = [float(b) for b in cfg.annotator_betas.split(",") if b.strip()]
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     data = out / "data"
-    common = {
-        "seed": cfg.seed,
-        "resume": cfg.resume,
-        "device": cfg.device,
-        "bf16_autocast": cfg.bf16_autocast,
-        "instruction": cfg.instruction,
-        "progress": cfg.progress,
-    }
+    shared = run_settings(cfg)
+    sft_cfg = SFTConfig(
+        **{**shared, "output_dir": str(out / "sft")},
+        **settings_of(cfg.sft, SFTSettings, "sft"),
+        model=cfg.model,
+        data=str(data / "sft.jsonl"),
+    )
+    # Reward model and PPO start from the SFT model, with the tokenizer saved beside it.
+    later = {**shared, "tokenizer": ""}
+    sft_dir = str(out / "sft" / "model")
+    rm_cfg = RewardConfig(
+        **{**later, "output_dir": str(out / "reward")},
+        **{
+            **settings_of(cfg.reward, RewardSettings, "reward"),
+            "eval_data": str(data / "preferences_eval.jsonl"),
+        },
+        model=sft_dir,
+        data=str(data / "preferences_train.jsonl"),
+    )
+    ppo_cfg = PPOConfig(
+        **{**later, "output_dir": str(out / "ppo")},
+        **settings_of(cfg.ppo, PPOSettings, "ppo"),
+        policy=sft_dir,
+        reward_model=str(out / "reward" / "model"),
+        prompts=str(data / "prompts.jsonl"),
+    )
     timings: dict[str, float] = {}
 
     # 1. corpus and prompts ------------------------------------------------------------
@@ -217,26 +267,21 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         data / "prompts.jsonl",
         [{"prompt": p} for p in make_prompts(cfg.n_prompts, seed=cfg.seed + 1)],
     )
+    # The PPO prompts are checked against the policy's context before SFT starts.
+    prompts = preflight.ppo_prompts(
+        ppo_cfg, policy=cfg.model, tokenizer=cfg.tokenizer, prefix="ppo."
+    )
 
     # 2. SFT ---------------------------------------------------------------------------
     t = time.perf_counter()
-    sft_cfg = SFTConfig(
-        **{
-            **asdict(cfg.sft),
-            **common,
-            "output_dir": str(out / "sft"),
-            "model": cfg.model,
-            "tokenizer": "demo-words",
-            "data": str(data / "sft.jsonl"),
-        }
-    )
-    sft_trainer = SFTTrainer(sft_cfg)
+    _record(sft_cfg)
+    sft_trainer = SFTTrainer(sft_cfg, examples=preflight.sft_examples(sft_cfg, prefix="sft."))
     sft_result = sft_trainer.train()
     timings["sft"] = time.perf_counter() - t
 
     # 3. labels from simulated annotators on pairs of SFT-policy samples ----------------
     t = time.perf_counter()
-    annotators = BradleyTerryAnnotators(betas, seed=cfg.seed + 2)
+    annotators = BradleyTerryAnnotators(cfg.annotator_betas, seed=cfg.seed + 2)
     pair_prompts = make_prompts(cfg.n_preference_pairs + cfg.n_eval_pairs, seed=cfg.seed + 3)
     if cfg.instruction:
         pair_prompts_model = [f"{cfg.instruction} {p}" for p in pair_prompts]
@@ -262,36 +307,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     # 4. reward model ------------------------------------------------------------------
     t = time.perf_counter()
-    sft_dir = sft_result["model_dir"]
-    rm_cfg = RewardConfig(
-        **{
-            **asdict(cfg.reward),
-            **common,
-            "output_dir": str(out / "reward"),
-            "model": sft_dir,
-            "tokenizer": "",
-            "data": str(data / "preferences_train.jsonl"),
-            "eval_data": str(data / "preferences_eval.jsonl"),
-        }
-    )
-    rm_result = RewardTrainer(rm_cfg).train()
+    _record(rm_cfg)
+    pairs, eval_pairs = preflight.preference_pairs(rm_cfg, prefix="reward.")
+    rm_result = RewardTrainer(rm_cfg, pairs=pairs, eval_pairs=eval_pairs).train()
     timings["reward"] = time.perf_counter() - t
 
     # 5. PPO, with the SFT policy evaluated first --------------------------------------
     t = time.perf_counter()
-    ppo_cfg = PPOConfig(
-        **{
-            **asdict(cfg.ppo),
-            **common,
-            "output_dir": str(out / "ppo"),
-            "policy": sft_dir,
-            "tokenizer": "",
-            "reward_model": rm_result["model_dir"],
-            "prompts": str(data / "prompts.jsonl"),
-            "max_new_tokens": cfg.max_new_tokens,
-        }
-    )
-    ppo_trainer = PPOTrainer(ppo_cfg, sample_metrics=_gold_metrics)
+    _record(ppo_cfg)
+    ppo_trainer = PPOTrainer(ppo_cfg, prompts=prompts, sample_metrics=_gold_metrics)
     eval_prompts = [
         f"{cfg.instruction} {p}" if cfg.instruction else p
         for p in make_prompts(cfg.n_eval_samples, seed=cfg.seed + 4)
@@ -324,8 +348,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "n_samples": len(after["samples"]),
         "n_preference_pairs": rm_result["n_train_pairs"],
         "n_eval_pairs": rm_result["n_eval_pairs"],
-        "n_pairs_dropped_empty": n_dropped,
-        "annotator_betas": betas,
+        "n_pairs_dropped_empty_or_identical": n_dropped,
+        "n_skipped_records": sum(
+            r["n_skipped_records"] for r in (sft_result, rm_result, ppo_result)
+        ),
+        "annotator_betas": cfg.annotator_betas,
         "seed": cfg.seed,
         "sft_final_loss": sft_result["final_loss"],
         "ppo_steps": ppo_result["steps"],

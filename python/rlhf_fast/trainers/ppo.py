@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from rlhf_fast import ops
 from rlhf_fast.buffer import RolloutBuffer
+from rlhf_fast.config import RunConfig, StageSettings, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import (
     PolicyWithValueHead,
@@ -65,24 +66,9 @@ from rlhf_fast.trainers.runtime import (
 
 
 @dataclass
-class PPOConfig:
-    """PPO fine-tuning of a policy against a reward model, with a KL penalty to the reference."""
+class PPOSettings(StageSettings):
+    """PPO settings of their own (``pipeline`` and ``demo`` take them as ``--ppo.*``)."""
 
-    output_dir: str = option(
-        "runs/ppo", "Directory for the policy, metrics, samples and checkpoints."
-    )
-    seed: int = option(0, "Random seed (sampling, minibatch order).")
-    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
-    policy: str = option(
-        "runs/sft/model",
-        "Initial policy (and reference): a local causal-LM directory or a built-in name.",
-    )
-    tokenizer: str = option(
-        "", "'bytes', 'demo-words' or a local directory; empty: the policy directory's."
-    )
-    reward_model: str = option(
-        "runs/reward/model", "Reward-model directory written by the reward trainer."
-    )
     value_model: str = option(
         "",
         "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk.",
@@ -90,21 +76,15 @@ class PPOConfig:
     shared_value_trunk: bool = option(
         False, "Read values from the policy's own trunk instead of a separate critic."
     )
-    prompts: str = option("", "Prompts: JSONL or Parquet file with a prompt field.")
     prompt_field: str = option("prompt", "Name of the prompt field in the prompts file.")
-    skip_invalid: bool = option(
-        False, "Skip malformed prompt records (and report how many) instead of stopping."
-    )
-    instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(100, "RL train steps: rollout + PPO epochs, this many times.")
     rollout_batch_size: int = option(64, "Prompts (= responses) per rollout (over all ranks).")
     minibatch_size: int = option(16, "Responses per PPO minibatch (over all ranks).")
     ppo_epochs: int = option(4, "Passes over each rollout.")
     learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
-    lr_multiplier: float = option(
-        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
+    max_new_tokens: int = option(
+        32, "Response length cap in tokens; prompts get the rest of the policy's context."
     )
-    max_new_tokens: int = option(32, "Response length cap in tokens.")
     temperature: float = option(1.0, "Sampling temperature (also divides the logits for logprobs).")
     top_k: int = option(0, "Top-k sampling (0: off).")
     top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
@@ -115,7 +95,9 @@ class PPOConfig:
     vf_coef: float = option(0.5, "Weight of the value loss.")
     entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")
     kl_coef: float = option(0.05, "KL penalty coefficient (initial value when target_kl is set).")
-    kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1, abs, k2 or k3.")
+    kl_estimator: Literal["k1", "abs", "k2", "k3"] = option(
+        "k1", "Per-token KL estimator in the reward."
+    )
     target_kl: Optional[float] = option(
         None, "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."
     )
@@ -130,18 +112,42 @@ class PPOConfig:
         None, "Subtract this from the score of responses cut at max_new_tokens."
     )
     whiten_advantages: bool = option(True, "Whiten advantages over the rollout.")
-    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
     lora_r: int = option(
         0,
         "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off.",
     )
     lora_alpha: float = option(16.0, "LoRA alpha.")
-    log_every: int = option(1, "Log metrics every this many iterations.")
-    save_every: int = option(50, "Write a checkpoint every this many iterations (and at the end).")
-    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
-    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
-    tensorboard: bool = option(True, "Also write TensorBoard event files.")
-    progress: bool = option(True, "Show a progress bar.")
+    log_every: int = redefault(StageSettings, "log_every", 1)
+    save_every: int = redefault(StageSettings, "save_every", 50)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
+        self._require("rollout_batch_size", self.rollout_batch_size >= 2, "an integer >= 2")
+        self._require("minibatch_size", self.minibatch_size >= 1, "an integer >= 1")
+        self._require("ppo_epochs", self.ppo_epochs >= 1, "an integer >= 1")
+        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
+        self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
+        self._require("temperature", self.temperature > 0, "a number > 0")
+        self._require("top_k", self.top_k >= 0, "an integer >= 0")
+        self._require("top_p", 0 < self.top_p <= 1, "a number in (0, 1]")
+        self._require("kl_coef", self.kl_coef >= 0, "a number >= 0")
+        self._require("lora_r", self.lora_r >= 0, "an integer >= 0")
+
+
+@dataclass
+class PPOConfig(PPOSettings, RunConfig):
+    """PPO fine-tuning of a policy against a reward model, with a KL penalty to the reference."""
+
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/ppo")
+    policy: str = option(
+        "runs/sft/model",
+        "Initial policy (and reference): a local causal-LM directory or a built-in name.",
+    )
+    reward_model: str = option(
+        "runs/reward/model", "Reward-model directory written by the reward trainer."
+    )
+    prompts: str = option("", "Prompts: JSONL or Parquet file with a prompt field.")
 
 
 @dataclass

@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_fast.config import RunConfig, StageSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import RewardModel, load_causal_lm
 from rlhf_fast.tokenizer import load_tokenizer
@@ -31,7 +32,6 @@ from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
     encode_text,
-    option,
     pad_rows,
     resolve_device,
     seed_everything,
@@ -42,51 +42,55 @@ from rlhf_fast.trainers.sft import lr_lambda
 
 
 @dataclass
-class RewardConfig:
-    """Bradley-Terry reward model training on preference pairs."""
+class RewardSettings(StageSettings):
+    """Reward-model settings of their own (``pipeline`` and ``demo`` take them as ``--reward.*``)."""
 
-    output_dir: str = option("runs/reward", "Directory for the model, metrics and checkpoints.")
-    seed: int = option(0, "Random seed (head init, split, data order).")
-    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
-    model: str = option(
-        "tiny-gpt2",
-        "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name.",
-    )
-    tokenizer: str = option(
-        "", "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes'."
-    )
-    data: str = option(
-        "",
-        "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or {prompt, candidate_0, candidate_1, choice}.",
-    )
     eval_data: str = option("", "Held-out pairs; empty: split eval_fraction off data.")
     eval_fraction: float = option(0.1, "Share of data held out when eval_data is empty.")
-    skip_invalid: bool = option(
-        False, "Skip malformed records (and report how many) instead of stopping."
+    identical_pairs: Literal["skip", "error"] = option(
+        "skip",
+        "Pairs whose chosen and rejected texts are the same teach nothing: skip them "
+        "(counted in n_skipped_records) or stop with an error naming the file and line.",
     )
-    instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(300, "Reward-model training steps.")
     batch_size: int = option(32, "Pairs per optimizer step (over all ranks).")
     learning_rate: float = option(5e-4, "Peak learning rate (AdamW).")
-    lr_multiplier: float = option(
-        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
-    )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
     margin: float = option(0.0, "Margin m in -log sigmoid(r_w - r_l - m).")
     max_length: int = option(
         96, "Longest prompt + response in tokens (longer ones keep their end)."
     )
-    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
     eval_every: int = option(
         100, "Evaluate held-out accuracy every this many steps (and at the end)."
     )
-    log_every: int = option(10, "Log metrics every this many steps.")
-    save_every: int = option(200, "Write a checkpoint every this many steps (and at the end).")
-    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
-    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
-    tensorboard: bool = option(True, "Also write TensorBoard event files.")
-    progress: bool = option(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("eval_fraction", 0 <= self.eval_fraction < 1, "a number in [0, 1)")
+        self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
+        self._require("batch_size", self.batch_size >= 1, "an integer >= 1")
+        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
+        self._require("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        self._require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
+        self._require("max_length", self.max_length >= 2, "an integer >= 2")
+        self._require("eval_every", self.eval_every >= 1, "an integer >= 1")
+
+
+@dataclass
+class RewardConfig(RewardSettings, RunConfig):
+    """Bradley-Terry reward model training on preference pairs."""
+
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/reward")
+    model: str = option(
+        "tiny-gpt2",
+        "Trunk to start from: a local causal-LM directory (e.g. the SFT model) or a built-in name.",
+    )
+    data: str = option(
+        "",
+        "Preference pairs: JSONL or Parquet, {prompt, chosen, rejected} or "
+        "{prompt, candidate_0, candidate_1, choice}.",
+    )
 
 
 class RewardTrainer:
@@ -115,11 +119,10 @@ class RewardTrainer:
 
             if not config.data:
                 raise InvalidArgumentError("data: expected a path to preference pairs, got ''")
-            pairs = load_preference_pairs(config.data, skip_invalid=config.skip_invalid)
+            load = dict(skip_invalid=config.skip_invalid, identical=config.identical_pairs)
+            pairs = load_preference_pairs(config.data, **load)
             if config.eval_data:
-                eval_pairs = load_preference_pairs(
-                    config.eval_data, skip_invalid=config.skip_invalid
-                )
+                eval_pairs = load_preference_pairs(config.eval_data, **load)
         self.n_skipped = skipped_count(pairs, eval_pairs)
         if eval_pairs is None:
             n_eval = int(round(len(pairs) * config.eval_fraction))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Sequence
-from dataclasses import field
 from typing import Any
 
 import numpy as np
 import torch
 
+from rlhf_fast.config import option  # re-exported: the trainers' config blocks use it
 from rlhf_fast.models import resolve_device  # re-exported for the trainers
 from rlhf_fast.tokenizer import Tokenizer
 
@@ -28,11 +28,6 @@ __all__ = [
     "skipped_count",
     "with_instruction",
 ]
-
-
-def option(default: Any, help: str) -> Any:
-    """A config field with its ``--help`` text (the CLI and the config files read ``metadata``)."""
-    return field(default=default, metadata={"help": help})
 
 
 def default_tokenizer_spec(model: str) -> str:

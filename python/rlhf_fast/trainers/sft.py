@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_fast.config import RunConfig, StageSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import load_causal_lm, token_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
@@ -28,7 +29,6 @@ from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
     encode_text,
-    option,
     pad_rows,
     resolve_device,
     seed_everything,
@@ -38,43 +38,38 @@ from rlhf_fast.trainers.runtime import (
 
 
 @dataclass
-class SFTConfig:
-    """Supervised fine-tuning of a causal LM on ``{prompt, response}`` examples."""
+class SFTSettings(StageSettings):
+    """SFT settings of their own (``pipeline`` and ``demo`` take them as ``--sft.*``)."""
 
-    output_dir: str = option("runs/sft", "Directory for the model, metrics and checkpoints.")
-    seed: int = option(0, "Random seed (weights of a built-in model, data order).")
-    resume: bool = option(False, "Continue from the last checkpoint in output_dir.")
-    model: str = option(
-        "tiny-gpt2",
-        "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory.",
-    )
-    tokenizer: str = option(
-        "",
-        "'bytes', 'demo-words' or a local directory; empty: the model directory's, or 'bytes' for a built-in model.",
-    )
-    data: str = option("", "SFT examples: a JSONL or Parquet file of {prompt, response} records.")
-    skip_invalid: bool = option(
-        False, "Skip malformed records (and report how many) instead of stopping."
-    )
-    instruction: str = option("", "Text prepended to every prompt.")
     max_steps: int = option(400, "Optimizer steps.")
     batch_size: int = option(32, "Examples per optimizer step (over all ranks).")
     learning_rate: float = option(1e-3, "Peak learning rate (AdamW).")
-    lr_multiplier: float = option(
-        1.0, "Multiplies learning_rate (the per-stage knob of hosted pipelines)."
-    )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
     max_length: int = option(
         96, "Longest prompt + response in tokens (longer ones keep their start)."
     )
-    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: off).")
-    log_every: int = option(10, "Log metrics every this many steps.")
-    save_every: int = option(200, "Write a checkpoint every this many steps (and at the end).")
-    device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
-    bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
-    tensorboard: bool = option(True, "Also write TensorBoard event files.")
-    progress: bool = option(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
+        self._require("batch_size", self.batch_size >= 1, "an integer >= 1")
+        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
+        self._require("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        self._require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
+        self._require("max_length", self.max_length >= 2, "an integer >= 2")
+
+
+@dataclass
+class SFTConfig(SFTSettings, RunConfig):
+    """Supervised fine-tuning of a causal LM on ``{prompt, response}`` examples."""
+
+    output_dir: str = redefault(RunConfig, "output_dir", "runs/sft")
+    model: str = option(
+        "tiny-gpt2",
+        "Built-in model name (tiny-gpt2, tiny-gpt2-wide, small-gpt2) or a local model directory.",
+    )
+    data: str = option("", "SFT examples: a JSONL or Parquet file of {prompt, response} records.")
 
 
 def lr_lambda(warmup_steps: int, max_steps: int):
