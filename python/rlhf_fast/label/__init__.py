@@ -18,6 +18,7 @@ it and prints a summary.
 from __future__ import annotations
 
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ class LabelConfig:
         "", "Ready-made pairs (JSONL of {prompt, candidate_0, candidate_1}); empty: sample them."
     )
     prompts: str = _option("", "Prompts to sample two answers for (JSONL/Parquet with 'prompt').")
-    policy: str = _option("", "Policy that samples the answers: a local model directory or built-in name.")
+    policy: str = _option(
+        "", "Policy that samples the answers: a local model directory or built-in name."
+    )
     tokenizer: str = _option(
         "", "'bytes', 'demo-words' or a local directory; empty: the policy directory's, or 'bytes'."
     )
@@ -116,16 +119,24 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
     loopback = is_loopback(config.host)
     token = None if loopback else secrets.token_urlsafe(18)
     with PreferenceStore(config.out, pairs) as store:
-        server = LabelServer(create_app(store, token=token, loopback=loopback), config.host, config.port)
+        server = LabelServer(
+            create_app(store, token=token, loopback=loopback), config.host, config.port
+        )
         done = len(store.judgements())
+        url = server.url
+        if config.host in ("0.0.0.0", "::", ""):  # every interface: name one others can reach
+            url = f"http://{socket.gethostname()}:{server.port}"
         print(
             f"rlhf-fast label: {len(pairs)} pairs, {done} judgement(s) already in {config.out}\n"
-            f"  open {server.url}/" + (f"?token={token}" if token else "") + "\n"
-            f"  statistics at {server.url}/stats; Ctrl-C stops the server",
+            f"  open {url}/" + (f"?token={token}" if token else "") + "\n"
+            f"  statistics at {url}/stats; Ctrl-C stops the server",
             flush=True,
         )
         if token:
             print(f"  token (listening beyond this machine): {token}", flush=True)
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
+            pass
         summary = label_stats(store.judgements(), len(store.pairs))
     return {"stage": "label", "out": str(config.out), **summary}

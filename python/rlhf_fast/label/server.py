@@ -160,7 +160,9 @@ class _Guard:
 async def _json_body(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
-        raise ApiError(415, f"expected Content-Type: application/json, got {media_type or 'none'!r}")
+        raise ApiError(
+            415, f"expected Content-Type: application/json, got {media_type or 'none'!r}"
+        )
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
         raise ApiError(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
@@ -202,7 +204,9 @@ def _shown(pair: Pair, annotator: str) -> dict[str, str]:
     return {"pair_id": pair.pair_id, "prompt": pair.prompt, "left": left, "right": right}
 
 
-def create_app(store: PreferenceStore, *, token: Optional[str] = None, loopback: bool = True) -> Starlette:
+def create_app(
+    store: PreferenceStore, *, token: Optional[str] = None, loopback: bool = True
+) -> Starlette:
     """The labelling app over ``store``; ``token`` required on every request when given,
     ``loopback``: refuse requests whose Host is not a loopback name."""
     static = resources.files(__package__).joinpath("static")
@@ -264,7 +268,9 @@ def create_app(store: PreferenceStore, *, token: Optional[str] = None, loopback:
             return _error_response(409, str(exc))
         if isinstance(exc, HTTPException):
             message = "not found" if exc.status_code == 404 else str(exc.detail)
-            return _error_response(exc.status_code, f"{message}: {request.method} {request.url.path}")
+            return _error_response(
+                exc.status_code, f"{message}: {request.method} {request.url.path}"
+            )
         return _error_response(400, str(exc))
 
     routes = [
@@ -296,12 +302,16 @@ class LabelServer:
         import uvicorn
 
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )[0]
             self.socket = socket.socket(family, kind, proto)
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind(address)
         except OSError as exc:
-            raise InvalidArgumentError(f"host, port: cannot listen on {host}:{port}: {exc}") from None
+            raise InvalidArgumentError(
+                f"host, port: cannot listen on {host}:{port}: {exc}"
+            ) from None
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3

@@ -3,7 +3,7 @@
 One JSON object per line, in the form ``rlhf-fast train-reward`` reads as it is::
 
     {"prompt": ..., "candidate_0": ..., "candidate_1": ..., "choice": 0,
-     "annotator": "ana", "time": "2026-12-01T10:41:07.123Z", "pair_id": "3f9c..."}
+     "annotator": "ana", "time": "2026-12-01T10:41:07.123456Z", "pair_id": "3f9c..."}
 
 - ``candidate_0`` is the answer that was shown on the left, ``candidate_1`` the one on the
   right (each annotator sees a pair in a fixed, hashed orientation, so position bias can be
@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -97,8 +97,8 @@ def skips_path_of(out: Path) -> Path:
     return out.with_name(out.stem + ".skips.jsonl")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -345,8 +345,16 @@ class PreferenceStore:
                     f"pair_id: {pair_id!r} was already judged by {annotator!r} "
                     "(undo it first to change the choice)"
                 )
+            # Strictly increasing times: they order the two files' records on a restart.
+            moment = datetime.now(timezone.utc)
+            if self._judgements and _iso(moment) <= self._judgements[-1].time:
+                try:
+                    last = datetime.fromisoformat(self._judgements[-1].time.replace("Z", "+00:00"))
+                    moment = last + timedelta(microseconds=1)
+                except ValueError:  # a hand-edited time; keep the clock's
+                    pass
             judgement = Judgement(
-                pair_id, annotator, verdict, swapped_for(pair_id, annotator), _now()
+                pair_id, annotator, verdict, swapped_for(pair_id, annotator), _iso(moment)
             )
             path = self.skips_path if verdict == "skip" else self.out
             text = "".join(

@@ -51,7 +51,7 @@
   async function run(action, message) {
     if (busy) return;
     busy = true;
-    document.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    document.querySelectorAll("button[data-choice], #undo").forEach((b) => { b.disabled = true; });
     try {
       const state = await action();
       show(state);
@@ -60,7 +60,7 @@
       say(error.message, true);
     } finally {
       busy = false;
-      document.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+      document.querySelectorAll("button[data-choice], #undo").forEach((b) => { b.disabled = false; });
     }
   }
 
