@@ -460,3 +460,42 @@ def test_cli_lists_label() -> None:
     from rlhf_fast.cli import COMMANDS
 
     assert COMMANDS["label"].load()[0] is LabelConfig
+
+
+def test_the_command_serves_until_ctrl_c_and_prints_a_summary(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from rlhf_fast.label.pairs import save_pairs
+
+    save_pairs(tmp_path / "pairs.jsonl", make_pairs(3))
+    command = [sys.executable, "-m", "rlhf_fast.cli", "label", "--pairs", "pairs.jsonl"]
+    command += ["--out", "prefs.jsonl", "--host", "0.0.0.0", "--port", "0"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = token = None
+        for line in process.stdout:  # the start-up lines, printed before serving
+            if "open http://" in line:
+                url, token = line.split("open ")[1].strip().split("/?token=")
+                break
+        assert url and token, process.stderr.read()
+        port = url.rsplit(":", 1)[1]
+        client = Client(f"http://127.0.0.1:{port}")
+        assert client.get("/api/stats")[0] == 401  # listening beyond loopback: token required
+        status, state, _ = client.get("/api/next?annotator=ana", headers={"X-Label-Token": token})
+        assert status == 200
+        body = {"annotator": "ana", "pair_id": state["pair"]["pair_id"], "choice": "left"}
+        assert client.post("/api/choice", body, headers={"X-Label-Token": token})[0] == 200
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, errors
+    summary = json.loads(rest[rest.index("{") :])
+    assert summary["stage"] == "label" and summary["annotators"]["ana"]["left"] == 1
+    assert len(lines_of(tmp_path / "prefs.jsonl")) == 1

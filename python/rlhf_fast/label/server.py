@@ -308,6 +308,7 @@ class LabelServer:
             self.socket = socket.socket(family, kind, proto)
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind(address)
+            self.socket.listen(128)  # connections wait in the backlog until uvicorn serves
         except OSError as exc:
             raise InvalidArgumentError(
                 f"host, port: cannot listen on {host}:{port}: {exc}"
