@@ -100,6 +100,12 @@ def test_usage_errors_exit_2(capsys):
     assert "--steps: expected int, got 'many'" in capsys.readouterr().err
     assert main(["toy", "--no-such-flag"], commands=commands) == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    assert main(["toy", "--stepz", "4"], commands=commands) == 2
+    err = capsys.readouterr().err  # one line, with the closest flag
+    assert err == (
+        "rlhf-fast toy: error: unrecognized arguments: --stepz 4; did you mean --steps? "
+        "('rlhf-fast toy --help' lists every option)\n"
+    )
 
 
 # ------------------------------------------------------- config precedence

@@ -78,6 +78,10 @@ class _StageImportError(RlhfFastError):
     pass
 
 
+class _UsageError(ConfigError):
+    """A flag the command line does not take (no traceback worth showing)."""
+
+
 # The training commands run through rlhf_fast.preflight: every input file is loaded and
 # checked against the model before the first step.
 COMMANDS: dict[str, Command] = {
@@ -155,13 +159,29 @@ def _config_doc(config_cls: type) -> str:
     return "" if doc.startswith(config_cls.__name__ + "(") else doc  # skip dataclass' generated one
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and a did-you-mean for an unknown flag."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{message} ('{self.prog} --help' lists every option)")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            flag = next((a for a in extra if a.startswith("--")), extra[0]).split("=", 1)[0]
+            close = difflib.get_close_matches(flag, list(self._option_string_actions), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        return parsed
+
+
 def build_command_parser(
     name: str, command: Command, config_cls: type, module_doc: str = ""
 ) -> argparse.ArgumentParser:
     """The parser of ``rlhf-fast NAME``: ``--config``, ``--print-config``, ``--debug`` + fields."""
     # The stage module's docstring says what it does and how to launch it.
     description = module_doc.strip() or _config_doc(config_cls) or command.summary
-    parser = argparse.ArgumentParser(
+    parser = _CommandParser(
         prog=f"{PROG} {name}",
         description=description,
         epilog=(
@@ -257,9 +277,8 @@ def main(
         if debug or isinstance(exc, SystemExit) or not _is_input_error(exc):
             raise
         code = 2 if isinstance(exc, ConfigError) else 1
-        print(
-            f"{PROG} {name}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr
-        )
+        hint = "" if isinstance(exc, _UsageError) else " (--debug shows the traceback)"
+        print(f"{PROG} {name}: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return code
 
 
