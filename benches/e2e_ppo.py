@@ -68,11 +68,58 @@ class KernelClock:
         return timed
 
 
-def run_rlhf_fast(iterations: int, workdir: Path) -> dict[str, Any]:
+# The trainer's speed levers. Each can be switched off to measure what it gives alone;
+# "off" restores the way the work was done before the lever (TRL's way).
+LEVERS = ("shared_trunk", "response_head", "lean_sampling", "group_by_length", "fused_gelu")
+
+
+def generate_then_forward(causal_lm, query, query_mask, *, max_new_tokens, eos_token_id,
+                          pad_token_id, temperature, top_k, top_p, value_fn=None):
+    """``lean_sampling`` off: ``model.generate``, then a full forward for logprobs and values."""
+    from rlhf_fast.models import position_ids_from_mask, token_logprobs
+    from rlhf_fast.sampling import Samples
+
+    out = causal_lm.generate(
+        input_ids=query, attention_mask=query_mask, do_sample=True, temperature=temperature,
+        top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id)
+    n_prompt = query.shape[1]
+    tokens = out[:, n_prompt:]
+    is_eos = tokens == eos_token_id
+    mask = (is_eos.long().cumsum(-1) - is_eos.long()) == 0
+    tokens = tokens.masked_fill(~mask, pad_token_id)
+    ids = torch.cat([query, tokens], 1)
+    attention = torch.cat([query_mask, mask.long()], 1)
+    full = causal_lm(input_ids=ids, attention_mask=attention,
+                     position_ids=position_ids_from_mask(attention), use_cache=False,
+                     output_hidden_states=value_fn is not None)
+    logprobs = token_logprobs(full.logits[:, n_prompt - 1 : -1] / temperature, tokens) * mask
+    values = None
+    if value_fn is not None:
+        values = value_fn(full.hidden_states[-1][:, n_prompt - 1 : -1]) * mask
+    return Samples(tokens, mask, logprobs, values, is_eos.any(-1))
+
+
+def run_rlhf_fast(iterations: int, workdir: Path,
+                  levers: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``levers``: the ones switched on (the others off); None: ``PPOConfig``'s defaults."""
     import rlhf_fast
+    import rlhf_fast.models
+    import rlhf_fast.trainers.ppo
     from rlhf_fast.models import RewardModel, load_causal_lm
     from rlhf_fast.tokenizer import load_tokenizer
     from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
+
+    chosen = {} if levers is None else {
+        "shared_value_trunk": "shared_trunk" in levers,
+        "group_by_length": "group_by_length" in levers}
+    levers = LEVERS if levers is None else levers
+    if "response_head" not in levers:  # logits over the whole sequence, then select
+        rlhf_fast.models.causal_lm_parts = lambda causal_lm: None
+    if "fused_gelu" not in levers:
+        rlhf_fast.trainers.ppo.fuse_activations = lambda model: model
+    if "lean_sampling" not in levers:
+        rlhf_fast.trainers.ppo.sample_responses = generate_then_forward
 
     tok = load_tokenizer("bytes")
     reward_dir = workdir / "reward_model"
@@ -82,7 +129,7 @@ def run_rlhf_fast(iterations: int, workdir: Path) -> dict[str, Any]:
         reward_model=str(reward_dir), rollout_batch_size=N_PROMPTS,
         minibatch_size=N_PROMPTS // MINIBATCHES, ppo_epochs=EPOCHS, max_new_tokens=RESPONSE_LENGTH,
         kl_estimator="k1", gamma=1.0, lam=0.95, device="cpu", tensorboard=False, progress=False,
-        max_steps=iterations + 1,
+        max_steps=iterations + 1, **chosen,
     )
     trainer = PPOTrainer(config, prompts=prompts())
     clock = KernelClock()
@@ -116,6 +163,9 @@ def run_rlhf_fast(iterations: int, workdir: Path) -> dict[str, Any]:
                      "kernels": kernel,
                      "PPO epochs + buffer": statistics.median(r["train_s"] for r in timed) - kernel},
         "parameters": sum(p.numel() for p in trainer.model.policy.parameters()),
+        "levers": [k for k in LEVERS if k in levers and (
+            k not in ("shared_trunk", "group_by_length")
+            or getattr(config, {"shared_trunk": "shared_value_trunk"}.get(k, k)))],
     }
 
 
@@ -201,6 +251,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None)
     parser.add_argument("--output", type=Path, default=Path("benches/results/e2e.json"))
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
+    parser.add_argument("--levers", default=None,
+                        help="rlhf_fast only: comma-separated levers to switch on, the others off "
+                        f"({', '.join(LEVERS)}; 'none' for all off); default: PPOConfig's defaults")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -212,7 +265,14 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                result[name] = run(args.iterations, Path(tmp))
+                if name == "rlhf_fast" and args.levers is not None:
+                    chosen = tuple(x for x in args.levers.split(",") if x and x != "none")
+                    unknown = set(chosen) - set(LEVERS)
+                    if unknown:
+                        parser.error(f"--levers: unknown {sorted(unknown)}; choose from {LEVERS}")
+                    result[name] = run_rlhf_fast(args.iterations, Path(tmp), chosen)
+                else:
+                    result[name] = run(args.iterations, Path(tmp))
                 print(f"{name}: {result[name]['iteration_s']:.2f} s/iteration, "
                       f"{result[name]['tokens_per_s']:.0f} tokens/s", flush=True)
             except Exception as err:  # report a failing trainer instead of losing the other

@@ -159,3 +159,88 @@ def test_bad_adds_raise_and_leave_the_buffer_unchanged():
 def test_buffer_docstring_examples():
     results = doctest.testmod(buffer)
     assert results.attempted >= 5 and results.failed == 0
+
+
+@given(
+    count=st.integers(0, 12),
+    width=st.integers(1, 10),
+    seed=st.integers(0, 2**32 - 1),
+    holes=st.booleans(),
+)
+def test_add_padded_equals_adding_the_masked_rows(count, width, seed, holes):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 1000, size=(count, width))
+    logprobs = -rng.random((count, width)).astype(np.float32)
+    if holes:
+        mask = rng.random((count, width)) < 0.6
+    else:  # left-padded prompt + right-padded response, as a trainer's rollout
+        start = rng.integers(0, width + 1, size=count)
+        stop = rng.integers(0, width + 1, size=count)
+        cols = np.arange(width)
+        mask = (cols >= np.minimum(start, stop)[:, None]) & (
+            cols < np.maximum(start, stop)[:, None]
+        )
+    scores = rng.standard_normal(count).astype(np.float32)
+    padded = RolloutBuffer(FIELDS, {"score": np.float32})
+    padded.add_padded(mask, input_ids=ids, logprobs=logprobs, score=scores)
+    rows = RolloutBuffer(FIELDS, {"score": np.float32})
+    for i in range(count):
+        rows.add(input_ids=ids[i][mask[i]], logprobs=logprobs[i][mask[i]], score=float(scores[i]))
+    assert len(padded) == count
+    np.testing.assert_array_equal(padded.offsets, rows.offsets)
+    np.testing.assert_array_equal(padded.tokens("input_ids"), rows.tokens("input_ids"))
+    np.testing.assert_array_equal(padded.tokens("logprobs"), rows.tokens("logprobs"))
+    np.testing.assert_array_equal(padded.scalars("score"), rows.scalars("score"))
+
+
+def test_add_padded_rejects_shapes_that_do_not_match_the_mask():
+    buf = RolloutBuffer(FIELDS)
+    mask = np.ones((2, 3), bool)
+    with pytest.raises(rlhf_fast.InvalidArgumentError, match="logprobs"):
+        buf.add_padded(mask, input_ids=np.zeros((2, 3), np.int64), logprobs=np.zeros((2, 4)))
+    with pytest.raises(rlhf_fast.InvalidArgumentError, match="mask"):
+        buf.add_padded(np.ones(3, bool), input_ids=np.zeros(3), logprobs=np.zeros(3))
+    assert len(buf) == 0
+
+
+@given(
+    count=st.integers(1, 60),
+    minibatch_size=st.integers(1, 16),
+    seed=st.integers(0, 2**32 - 1),
+    drop_last=st.booleans(),
+)
+def test_length_grouped_minibatches_cover_each_rollout_once_with_less_padding(
+    count, minibatch_size, seed, drop_last
+):
+    buf, *_ = filled(np.random.default_rng(seed), count)
+    grouped = list(buf.minibatches(minibatch_size, seed, group_by_length=True, drop_last=drop_last))
+    plain = list(buf.minibatches(minibatch_size, seed, drop_last=drop_last))
+    seen = np.concatenate([b["indices"] for b in grouped]) if grouped else np.array([], np.int64)
+    assert len(np.unique(seen)) == len(seen)
+    expected = count - count % minibatch_size if drop_last else count
+    assert len(seen) == expected
+    assert sum(len(b["indices"]) < minibatch_size for b in grouped) <= 1
+    # Minibatches are runs of the bucket-sorted order: their bucket ranges never interleave.
+    ranges = sorted(
+        (int(buckets.max()), int(buckets.min()))
+        for buckets in (buf.lengths[b["indices"]] // buffer.LENGTH_BUCKET for b in grouped)
+    )
+    for (high, _), (_, next_low) in zip(ranges, ranges[1:]):
+        assert high <= next_low
+    if not drop_last:
+        padding = lambda batches: sum(b["mask"].size - b["mask"].sum() for b in batches)  # noqa: E731
+        assert padding(grouped) <= padding(plain) + buffer.LENGTH_BUCKET * count
+
+
+def test_length_grouped_minibatches_change_with_the_seed():
+    buf = RolloutBuffer(FIELDS)
+    lengths = np.full(64, 20)  # all in one bucket: grouping leaves the shuffle as it is
+    buf.add(
+        input_ids=[np.zeros(n, np.int64) for n in lengths],
+        logprobs=[np.zeros(n, np.float32) for n in lengths],
+    )
+    a = [b["indices"].tolist() for b in buf.minibatches(16, 1, group_by_length=True)]
+    b = [b["indices"].tolist() for b in buf.minibatches(16, 2, group_by_length=True)]
+    assert sorted(sum(a, [])) == sorted(sum(b, [])) == list(range(64))
+    assert a != b
+    assert {frozenset(x) for x in a} != {frozenset(x) for x in b}

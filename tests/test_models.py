@@ -8,10 +8,15 @@ from rlhf_fast.models import (
     PolicyWithValueHead,
     RewardModel,
     backbone_of,
+    causal_lm_parts,
     frozen_copy,
+    fuse_activations,
     generate_responses,
     last_token_index,
     load_causal_lm,
+    next_token_logprobs,
+    position_ids_from_mask,
+    scored_positions,
     token_logprobs,
 )
 from rlhf_fast.tokenizer import Tokenizer, load_tokenizer
@@ -119,14 +124,57 @@ def test_policy_with_value_head_shapes_and_padding(tok, lm, shared):
     model = PolicyWithValueHead(frozen_copy(lm), critic).eval()
     (r_ids, r_mask), (l_ids, l_mask) = _both_paddings(tok, ["review the lamp : great .", "great ."])
     with torch.no_grad():
-        logits, values = model(r_ids, r_mask)
-        l_logits, l_values = model(l_ids, l_mask)
-    assert logits.shape == (2, r_ids.shape[1], len(tok)) and values.shape == r_ids.shape
-    # row 1 ("great .", 2 tokens): right padding puts it at 0..1, left padding at T-2..T-1
+        logprobs, values, entropy = model(r_ids, r_mask, entropy=True)
+        l_logprobs, l_values, _ = model(l_ids, l_mask)
     t = r_ids.shape[1]
-    torch.testing.assert_close(logits[1, :2], l_logits[1, t - 2 :], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(values[1, :2], l_values[1, t - 2 :], atol=1e-5, rtol=1e-5)
+    assert logprobs.shape == values.shape == entropy.shape == (2, t - 1)
+    # row 1 ("great .", 2 tokens): right padding puts it at 0..1, left padding at T-2..T-1;
+    # its one scored next token sits at position 0 and T-2 respectively.
+    torch.testing.assert_close(logprobs[1, :1], l_logprobs[1, t - 2 :], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(values[1, :1], l_values[1, t - 2 : t - 1], atol=1e-5, rtol=1e-5)
+    assert logprobs[1, 1:].eq(0).all() and entropy[1, 1:].eq(0).all()  # padding: not scored
     assert model.shared_trunk is shared
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_next_token_logprobs_equal_the_full_logits(tok, lm, temperature):
+    (ids, mask), _ = _both_paddings(tok, ["review the lamp : great .", "great . i love it"])
+    scored = scored_positions(mask, start=3)
+    with torch.no_grad():
+        logprobs, entropy, hidden = next_token_logprobs(
+            lm, ids, mask, scored, temperature=temperature, entropy=True
+        )
+        logits = lm(ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    logits = logits[:, :-1] / temperature
+    expected = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * scored
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=1e-5)
+    probs = logits.softmax(-1)
+    expected_entropy = -(probs * probs.log()).sum(-1) * scored
+    torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=1e-5)
+    assert hidden.shape[:2] == ids.shape
+    assert not scored[:, :2].any()  # positions predicting tokens before `start`
+
+
+def test_next_token_logprobs_falls_back_to_full_logits_for_post_processed_heads(tok, lm):
+    capped = frozen_copy(lm)
+    capped.config.final_logit_softcapping = 30.0  # the head is no longer a plain projection
+    assert causal_lm_parts(capped) is None and causal_lm_parts(lm) is not None
+    (ids, mask), _ = _both_paddings(tok, ["review the lamp : great ."])
+    scored = scored_positions(mask)
+    with torch.no_grad():
+        a, _, _ = next_token_logprobs(lm, ids, mask, scored)
+        b, _, _ = next_token_logprobs(capped, ids, mask, scored)  # GPT-2 ignores the field
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_activations_keeps_the_function(tok):
+    model = load_causal_lm("tiny-gpt2", tok, seed=3).eval()
+    fused = fuse_activations(frozen_copy(model))
+    kinds = {type(m).__name__ for m in fused.modules()}
+    assert "NewGELUActivation" not in kinds
+    ids = torch.tensor([tok.encode("review the lamp : great .")])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_frozen_copy_has_no_gradients(lm):

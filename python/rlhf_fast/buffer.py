@@ -36,6 +36,7 @@ __all__ = ["RolloutBuffer"]
 
 _FIELD_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int64, np.int32, np.uint8))
 _RESERVED = ("mask", "indices")
+LENGTH_BUCKET = 8  # tokens: rollouts this close in length count as equally long
 
 
 def _as_numpy(x: Any, name: str) -> np.ndarray:
@@ -228,6 +229,40 @@ class RolloutBuffer:
                 )
             token_arrays[name] = arrays
         assert lengths is not None
+        self._append(token_arrays, lengths, fields)
+
+    def add_padded(self, mask: Any, **fields: Any) -> None:
+        """Appends ``B`` rollouts given as padded ``[B, L]`` arrays and a ``[B, L]`` mask.
+
+        Rollout ``i`` is ``field[i][mask[i]]`` for every token field (so left, right and
+        holey padding all work); scalar fields give ``B`` values. One boolean selection
+        per field, no loop over rows: this is how a trainer's padded rollout goes in.
+        """
+        self._check_names(fields)
+        keep = _as_numpy(mask, "mask")
+        if keep.ndim != 2:
+            raise InvalidArgumentError(
+                f"RolloutBuffer.add_padded: mask must be [B, L], got shape {keep.shape}"
+            )
+        keep = keep.astype(bool, copy=False)
+        flat: dict[str, list[np.ndarray]] = {}
+        for name in self._token_dtypes:
+            values = _as_numpy(fields[name], name)
+            if values.shape != keep.shape:
+                raise InvalidArgumentError(
+                    f"RolloutBuffer.add_padded: {name} must have the mask's shape "
+                    f"{keep.shape}, got {values.shape}"
+                )
+            flat[name] = [values[keep]]
+        self._append(flat, keep.sum(axis=1, dtype=np.int64), fields)
+
+    def _append(
+        self,
+        token_arrays: Mapping[str, list[np.ndarray]],
+        lengths: np.ndarray,
+        fields: Mapping[str, Any],
+    ) -> None:
+        """Writes rollouts whose token fields are given as pieces to concatenate."""
         count = lengths.shape[0]
         scalar_arrays = {}
         for name in self._scalar_dtypes:
@@ -251,6 +286,8 @@ class RolloutBuffer:
                 np.concatenate(arrays, out=slot, casting="unsafe")
         for name, values in scalar_arrays.items():
             self._scalars[name].reserve(count)[:] = values
+        if count == 0:
+            return
         end = self._offsets.view()[-1]
         np.cumsum(lengths, out=self._offsets.reserve(count))
         self._offsets.view()[-count:] += end
@@ -275,6 +312,7 @@ class RolloutBuffer:
         drop_last: bool = False,
         as_torch: bool = False,
         device: Any = None,
+        group_by_length: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Yields shuffled, padded minibatches; the same seed gives the same batches.
 
@@ -289,6 +327,10 @@ class RolloutBuffer:
                 longest rollout in the minibatch.
             drop_last: skip a final short minibatch.
             as_torch: yield torch tensors (moved to ``device`` when given).
+            group_by_length: fill each minibatch with rollouts of similar length, so less
+                of it is padding. Rollouts within ``LENGTH_BUCKET`` tokens of each other are
+                interchangeable: the seeded shuffle decides who goes together among them,
+                and the order of the minibatches is shuffled too.
 
         Yields:
             dicts with every token field ``[M, L]``, ``"mask"`` ``[M, L]`` bool, every
@@ -306,7 +348,10 @@ class RolloutBuffer:
                 "RolloutBuffer.minibatches: the buffer is empty; add rollouts first"
             )
         offsets = self._offsets.view()
-        for indices in ops.minibatch_indices(len(self), minibatch_size, seed, drop_last):
+        batches = ops.minibatch_indices(len(self), minibatch_size, seed, drop_last)
+        if group_by_length:
+            batches = self._length_grouped(batches, minibatch_size, seed, drop_last)
+        for indices in batches:
             batch: dict[str, Any] = {}
             for name, store in self._tokens.items():
                 pad: Any = pads.get(name, 0) if pads is not None else pad_value
@@ -319,6 +364,21 @@ class RolloutBuffer:
             if as_torch:
                 batch = _to_torch(batch, device)
             yield batch
+
+    def _length_grouped(
+        self, batches: list[np.ndarray], minibatch_size: int, seed: int, drop_last: bool
+    ) -> list[np.ndarray]:
+        """The seeded permutation in ``batches``, regrouped by length bucket."""
+        if drop_last:  # regroup every rollout, then drop the short minibatch
+            batches = ops.minibatch_indices(len(self), minibatch_size, seed, False)
+        order = np.concatenate(list(batches))
+        buckets = self.lengths[order] // LENGTH_BUCKET
+        order = order[np.argsort(-buckets, kind="stable")]  # ties keep their shuffled order
+        grouped = [order[i : i + minibatch_size] for i in range(0, len(order), minibatch_size)]
+        if drop_last and grouped[-1].shape[0] < minibatch_size:
+            grouped.pop()
+        rng = np.random.default_rng(seed)
+        return [grouped[i] for i in rng.permutation(len(grouped))]
 
 
 def _to_torch(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -42,12 +41,13 @@ from rlhf_fast.models import (
     RewardModel,
     backbone_of,
     disable_dropout,
-    entropy_from_logits,
     frozen_copy,
+    fuse_activations,
     load_causal_lm,
-    position_ids_from_mask,
-    token_logprobs,
+    next_token_logprobs,
+    scored_positions,
 )
+from rlhf_fast.sampling import sample_responses
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.kl_controller import make_kl_controller
@@ -81,6 +81,10 @@ class PPOSettings(StageSettings):
     rollout_batch_size: int = option(64, "Prompts (= responses) per rollout (over all ranks).")
     minibatch_size: int = option(16, "Responses per PPO minibatch (over all ranks).")
     ppo_epochs: int = option(4, "Passes over each rollout.")
+    group_by_length: bool = option(
+        False,
+        "Minibatches of responses of similar length (less padding); the order stays seeded-random.",
+    )
     learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
     max_new_tokens: int = option(
         32, "Response length cap in tokens; prompts get the rest of the policy's context."
@@ -196,12 +200,14 @@ class PPOTrainer:
         self.minibatch_size = dist.per_rank("minibatch_size", cfg.minibatch_size)  # this rank's
         seed_everything(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.tokenizer or default_tokenizer_spec(cfg.policy))
-        policy = load_causal_lm(cfg.policy, self.tokenizer, seed=cfg.seed)
+        policy = fuse_activations(load_causal_lm(cfg.policy, self.tokenizer, seed=cfg.seed))
         disable_dropout(policy)
         critic = None
         if not cfg.shared_value_trunk:
             critic = backbone_of(
-                load_causal_lm(cfg.value_model or cfg.policy, self.tokenizer, seed=cfg.seed)
+                fuse_activations(
+                    load_causal_lm(cfg.value_model or cfg.policy, self.tokenizer, seed=cfg.seed)
+                )
             )
             disable_dropout(critic)
         if cfg.lora_r > 0:  # reference = the same weights with the adapters switched off
@@ -220,7 +226,8 @@ class PPOTrainer:
             self.reference = frozen_copy(policy).to(self.device)
         self.model = PolicyWithValueHead(policy, critic).to(self.device)
         self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the PPO updates only
-        self.reward_model = RewardModel.from_pretrained(cfg.reward_model).to(self.device).eval()
+        self.reward_model = fuse_activations(RewardModel.from_pretrained(cfg.reward_model))
+        self.reward_model.to(self.device).eval()
         for p in self.reward_model.parameters():
             p.requires_grad_(False)
         if prompts is None:
@@ -242,42 +249,25 @@ class PPOTrainer:
         self.kl_controller = make_kl_controller(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.step = 0
 
-    # ------------------------------------------------------------------ forward helpers
-    def policy_forward(
-        self,
-        ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        module: Optional[torch.nn.Module] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per next token: (logprobs, values, entropy), each ``[B, L-1]``, from ``module``
-        (by default the plain policy with its value head; the DDP wrapper for updates).
-
-        Index ``s`` belongs to token ``s + 1``: its logprob given tokens ``<= s``, the value
-        of the state after token ``s`` (before ``s + 1``), the entropy of that choice.
-        """
-        with autocast(self.device, self.config.bf16_autocast):
-            logits, values = (module or self.model)(ids, attention_mask)  # (B, L, V), (B, L)
-        logits = logits[:, :-1] / self.config.temperature
-        return token_logprobs(logits, ids[:, 1:]), values[:, :-1], entropy_from_logits(logits)
-
-    @torch.no_grad()
-    def reference_logprobs(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Reference policy's next-token logprobs ``[B, L-1]`` (same indexing as ``policy_forward``)."""
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-        with autocast(self.device, self.config.bf16_autocast):
-            if self.reference is None:
-                with self.model.policy.disable_adapter():
-                    logits = self.model.policy(**kwargs).logits
-            else:
-                logits = self.reference(**kwargs).logits
-        return token_logprobs(logits[:, :-1] / self.config.temperature, ids[:, 1:])
-
     # ------------------------------------------------------------------ 1-2. rollout and scoring
+    @torch.no_grad()
+    def reference_logprobs(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor
+    ) -> torch.Tensor:
+        """Reference policy's logprobs of the scored next tokens ``[B, L-1]`` (0 elsewhere)."""
+        temperature = self.config.temperature
+        with autocast(self.device, self.config.bf16_autocast):
+            if self.reference is None:  # LoRA: the same weights with the adapters switched off
+                with self.model.policy.disable_adapter():
+                    logprobs, _, _ = next_token_logprobs(
+                        self.model.policy, ids, attention_mask, scored, temperature=temperature
+                    )
+            else:
+                logprobs, _, _ = next_token_logprobs(
+                    self.reference, ids, attention_mask, scored, temperature=temperature
+                )
+        return logprobs
+
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
         """Sample one response per prompt and score it: everything ``train_step`` needs."""
@@ -288,38 +278,39 @@ class PPOTrainer:
         query, query_mask = query.to(self.device), query_mask.to(self.device)  # (B, Lq)
         n_prompt = query.shape[1]
         self.model.eval()
-        sample_kwargs: dict[str, Any] = {
-            "do_sample": True,
-            "temperature": cfg.temperature,
-            "top_k": cfg.top_k,
-            "top_p": cfg.top_p,
-        }
+        # Behaviour logprobs (and shared-trunk values) come from the sampling pass itself.
         with autocast(self.device, cfg.bf16_autocast):
-            out = self.model.generate(
-                input_ids=query,
-                attention_mask=query_mask,
+            samples = sample_responses(
+                self.model.policy,
+                query,
+                query_mask,
                 max_new_tokens=cfg.max_new_tokens,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
-                **sample_kwargs,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                value_fn=self.model.values_from_hidden if self.model.shared_trunk else None,
             )
-        responses = out[:, n_prompt:]  # (B, T)
-        is_eos = responses == tok.eos_token_id
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first <eos>
-        response_mask = (~after_eos).long()  # (B, T) response tokens incl. the <eos>
-        responses = responses.masked_fill(after_eos, tok.pad_token_id)
+        responses, response_mask = samples.tokens, samples.response_mask  # (B, T)
         sequences = torch.cat([query, responses], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)
-        logprobs, values, _ = self.policy_forward(sequences, attention_mask)
-        logprobs, values = logprobs[:, n_prompt - 1 :], values[:, n_prompt - 1 :]  # (B, T)
-        ref_logprobs = self.reference_logprobs(sequences, attention_mask)[:, n_prompt - 1 :]
+        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+        scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1) response tokens
         with autocast(self.device, cfg.bf16_autocast):
+            if samples.values is not None:
+                logprobs, values = samples.logprobs, samples.values
+            else:  # separate critic: one critic pass over prompt + response
+                hidden = self.model.critic_hidden(sequences, attention_mask)
+                values = self.model.values_from_hidden(hidden[:, n_prompt - 1 : -1])
+                logprobs = samples.logprobs
             raw_scores = self.reward_model(sequences, attention_mask)  # (B,)
+        values = values * response_mask
+        ref_logprobs = self.reference_logprobs(sequences, attention_mask, scored)[:, n_prompt - 1 :]
         scores = raw_scores.clone()
         if cfg.normalize_scores:
             scores = (scores - self.reward_model.score_mean) / self.reward_model.score_std
         if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * (~is_eos.any(-1)).float()
+            scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
@@ -339,7 +330,7 @@ class PPOTrainer:
     # ------------------------------------------------------------------ 3-4. advantages and PPO epochs
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rust kernels: KL-shaped rewards -> GAE -> whitening. Returns (advantages, returns, kl), ``[B, T]``."""
-        cfg, mask = self.config, batch.response_mask.float()
+        cfg, mask = self.config, batch.response_mask  # bool: the kernels' fastest mask
         rewards, kl = ops.kl_shaped_rewards(
             batch.logprobs,
             batch.ref_logprobs,
@@ -358,41 +349,33 @@ class PPOTrainer:
     ) -> RolloutBuffer:
         """One buffer row per response: prompt + response tokens without padding.
 
-        Per-token fields hold 0 on prompt tokens; ``is_response`` marks the response.
+        Per-token fields hold 0 on prompt tokens; ``is_response`` marks the response. A row's
+        tokens are exactly its attended positions, so the whole rollout goes in as one
+        boolean selection of the padded arrays.
         """
         n_prompt = batch.sequences.shape[1] - batch.response_mask.shape[1]
-        per_token = {
-            "old_logprobs": batch.logprobs,
-            "old_values": batch.values,
-            "advantages": advantages,
-            "returns": returns,
+        keep = batch.attention_mask.bool()  # (B, Lq + T)
+        is_response = torch.zeros_like(keep)
+        is_response[:, n_prompt:] = batch.response_mask
+
+        def widened(x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, Lq + T), 0 on the prompt
+            return torch.nn.functional.pad(x.float(), (n_prompt, 0))
+
+        fields = {
+            "input_ids": batch.sequences,
+            "is_response": is_response.to(torch.uint8),
+            "old_logprobs": widened(batch.logprobs),
+            "old_values": widened(batch.values),
+            "advantages": widened(advantages),
+            "returns": widened(returns),
         }
-        buffer = RolloutBuffer(
-            {"input_ids": np.int64, "is_response": np.uint8, **dict.fromkeys(per_token, np.float32)}
-        )
-        rows: dict[str, list[np.ndarray]] = {
-            "input_ids": [],
-            "is_response": [],
-            **{k: [] for k in per_token},
-        }
-        prompt_mask = batch.attention_mask[:, :n_prompt].bool().cpu()
-        ids = batch.sequences.cpu()
-        per_token_cpu = {k: v.float().cpu().numpy() for k, v in per_token.items()}
-        for b, n_resp in enumerate(batch.response_mask.sum(-1).tolist()):
-            prompt_ids = ids[b, :n_prompt][prompt_mask[b]]
-            n_ctx = prompt_ids.shape[0]  # this row's prompt length without padding
-            rows["input_ids"].append(
-                torch.cat([prompt_ids, ids[b, n_prompt : n_prompt + n_resp]]).numpy()
-            )
-            rows["is_response"].append(np.r_[np.zeros(n_ctx, np.uint8), np.ones(n_resp, np.uint8)])
-            for name, values in per_token_cpu.items():
-                rows[name].append(np.r_[np.zeros(n_ctx, np.float32), values[b, :n_resp]])
-        buffer.add(**rows)
+        buffer = RolloutBuffer({k: v.cpu().numpy().dtype for k, v in fields.items()})
+        buffer.add_padded(keep.cpu().numpy(), **{k: v.cpu().numpy() for k, v in fields.items()})
         return buffer
 
     def train_step(self, batch: Rollout) -> dict[str, float]:
         cfg = self.config
-        mask = batch.response_mask.float()  # (B, T)
+        mask = batch.response_mask.float()  # (B, T) for the metrics' sums
         kl_coef = self.kl_controller.value  # the coefficient this rollout is shaped with
         advantages, returns, kl = self.advantages(batch)
         buffer = self.fill_buffer(batch, advantages, returns)
@@ -403,13 +386,25 @@ class PPOTrainer:
         for epoch in range(cfg.ppo_epochs):
             seed = cfg.seed * 1_000_003 + self.step * 131 + epoch
             for mb in buffer.minibatches(
-                self.minibatch_size, seed, side="right", as_torch=True, device=self.device
+                self.minibatch_size,
+                seed,
+                side="right",
+                as_torch=True,
+                device=self.device,
+                group_by_length=cfg.group_by_length,
             ):
                 attention_mask = mb["mask"].long()  # (M, L)
-                logprobs, values, entropy = self.policy_forward(
-                    mb["input_ids"], attention_mask, self.ddp_model
-                )  # (M, L-1)
-                mb_mask = mb["is_response"][:, 1:].float()  # token s+1 is a response token
+                mb_mask = mb["is_response"][:, 1:].bool()  # (M, L-1) token s+1 is a response token
+                with autocast(self.device, cfg.bf16_autocast):
+                    logprobs, values, entropy = self.ddp_model(
+                        mb["input_ids"],
+                        attention_mask,
+                        mb_mask,
+                        temperature=cfg.temperature,
+                        entropy=True,
+                    )  # (M, L-1) each
+                if cfg.entropy_coef == 0:
+                    entropy = entropy.detach()  # logged only: no gradient through it
                 old_logprobs, old_values = mb["old_logprobs"][:, 1:], mb["old_values"][:, 1:]
                 pg_loss, clipfrac, approx_kl = clipped_surrogate_loss(
                     logprobs, old_logprobs, mb["advantages"][:, 1:], mb_mask, cfg.clip_range
@@ -417,7 +412,7 @@ class PPOTrainer:
                 vf_loss, vf_clipfrac = clipped_value_loss(
                     values, old_values, mb["returns"][:, 1:], mb_mask, cfg.value_clip_range
                 )
-                mean_entropy = (entropy * mb_mask).sum() / mb_mask.sum().clamp(min=1.0)
+                mean_entropy = entropy.sum() / mb_mask.sum().clamp(min=1)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
