@@ -1,7 +1,13 @@
 """Config dataclasses -> command-line options, config files and their documentation.
 
 A config is a ``@dataclass`` whose fields carry their documentation in
-``metadata={"help": ...}``. From that single source this module derives:
+``metadata={"help": ...}`` (:func:`option`). Each option has one home:
+:class:`RunConfig` holds what every stage shares (seed, device, output_dir, ...),
+:class:`StageSettings` the knobs each stage has its own value of, and a stage's config
+inherits both (``class PPOConfig(PPOSettings, RunConfig)``). ``pipeline`` and ``demo``
+nest only the stage settings, so a shared option cannot be set twice; a misplaced one is
+an error saying where it belongs (:func:`misplaced_option`). From that single source this
+module derives:
 
 - argparse options (:func:`add_config_arguments`): ``--output-dir`` (``--output_dir``
   also accepted), nested dataclass fields as ``--ppo.kl-coef``, booleans as
