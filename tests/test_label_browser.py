@@ -99,6 +99,7 @@ def watchdog():
 def test_label_twenty_pairs_in_chromium(tmp_path: Path, watchdog: None, capsys: Any) -> None:
     chromium, chromedriver = _require_browser()
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -137,7 +138,15 @@ def test_label_twenty_pairs_in_chromium(tmp_path: Path, watchdog: None, capsys: 
     service = webdriver.ChromeService(
         executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log")
     )
-    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+    except WebDriverException as exc:  # installed but unable to start (no /dev/shm, ...)
+        server.stop()
+        store.close()
+        reason = f"Chromium is installed but did not start: {str(exc).splitlines()[0]}"
+        if os.environ.get("RLHF_FAST_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     try:
         driver.set_page_load_timeout(WAIT_S)
         driver.set_script_timeout(WAIT_S)
