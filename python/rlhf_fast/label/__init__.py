@@ -10,9 +10,9 @@ candidate_1}``, optional ``pair_id``). Open the printed URL, give a name, and pi
 better answer: 1 (left), 2 (right), 3 (tie), s (skip), u (undo the last choice). Each choice
 is appended to ``--out`` and fsync'd before the page moves on; ``/stats`` shows progress,
 counts per annotator, Cohen's kappa and position bias. A restart continues where it
-stopped, and nobody is shown a pair twice. The server listens on 127.0.0.1; with another
-``--host`` it prints a URL holding a token, and refuses requests without it. Ctrl-C stops
-it and prints a summary.
+stopped, and nobody is shown a pair twice (an undone one comes back). The server listens
+on 127.0.0.1; with another ``--host`` it prints a URL holding a token, and refuses requests
+without it. Ctrl-C stops it and prints a summary. The file format: ``rlhf_fast.label.store``.
 """
 
 from __future__ import annotations
