@@ -49,6 +49,7 @@ __all__ = [
     "FieldSpec",
     "RunConfig",
     "StageSettings",
+    "SupervisedSettings",
     "add_config_arguments",
     "config_fields",
     "field_defaults",
@@ -179,6 +180,22 @@ class StageSettings(ConfigBase):
         self._require("grad_clip", _positive(self.grad_clip, zero=True), "a number >= 0")
         self._require("log_every", self.log_every >= 1, "an integer >= 1")
         self._require("save_every", self.save_every >= 1, "an integer >= 1")
+
+
+@dataclasses.dataclass
+class SupervisedSettings(StageSettings):
+    """The optimiser of the supervised stages (SFT, reward model): AdamW, a linear warm-up,
+    then a cosine decay to 10% of the peak at the last step."""
+
+    learning_rate: float = option(1e-3, "Peak learning rate (AdamW).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("learning_rate", _positive(self.learning_rate), "a number > 0")
+        self._require("weight_decay", _positive(self.weight_decay, zero=True), "a number >= 0")
+        self._require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
 
 
 def _positive(value: Any, *, zero: bool = False) -> bool:

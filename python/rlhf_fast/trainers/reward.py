@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_fast.config import RunConfig, StageSettings, option, redefault
+from rlhf_fast.config import RunConfig, SupervisedSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import RewardModel, load_causal_lm
 from rlhf_fast.tokenizer import load_tokenizer
@@ -42,7 +42,7 @@ from rlhf_fast.trainers.sft import lr_lambda
 
 
 @dataclass
-class RewardSettings(StageSettings):
+class RewardSettings(SupervisedSettings):
     """Reward-model settings of their own (``pipeline`` and ``demo`` take them as ``--reward.*``)."""
 
     eval_data: str = option("", "Held-out pairs; empty: split eval_fraction off data.")
@@ -54,9 +54,7 @@ class RewardSettings(StageSettings):
     )
     max_steps: int = option(300, "Reward-model training steps.")
     batch_size: int = option(32, "Pairs per optimizer step (over all ranks).")
-    learning_rate: float = option(5e-4, "Peak learning rate (AdamW).")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
+    learning_rate: float = redefault(SupervisedSettings, "learning_rate", 5e-4)
     margin: float = option(0.0, "Margin m in -log sigmoid(r_w - r_l - m).")
     max_length: int = option(
         96, "Longest prompt + response in tokens (longer ones keep their end)."
@@ -70,9 +68,6 @@ class RewardSettings(StageSettings):
         self._require("eval_fraction", 0 <= self.eval_fraction < 1, "a number in [0, 1)")
         self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
         self._require("batch_size", self.batch_size >= 1, "an integer >= 1")
-        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
-        self._require("weight_decay", self.weight_decay >= 0, "a number >= 0")
-        self._require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
         self._require("max_length", self.max_length >= 2, "an integer >= 2")
         self._require("eval_every", self.eval_every >= 1, "an integer >= 1")
 

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_fast.config import RunConfig, StageSettings, option, redefault
+from rlhf_fast.config import RunConfig, SupervisedSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import load_causal_lm, token_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
@@ -38,14 +38,11 @@ from rlhf_fast.trainers.runtime import (
 
 
 @dataclass
-class SFTSettings(StageSettings):
+class SFTSettings(SupervisedSettings):
     """SFT settings of their own (``pipeline`` and ``demo`` take them as ``--sft.*``)."""
 
     max_steps: int = option(400, "Optimizer steps.")
     batch_size: int = option(32, "Examples per optimizer step (over all ranks).")
-    learning_rate: float = option(1e-3, "Peak learning rate (AdamW).")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    warmup_steps: int = option(20, "Linear warm-up steps, then cosine decay to 10%.")
     max_length: int = option(
         96, "Longest prompt + response in tokens (longer ones keep their start)."
     )
@@ -54,9 +51,6 @@ class SFTSettings(StageSettings):
         super().__post_init__()
         self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
         self._require("batch_size", self.batch_size >= 1, "an integer >= 1")
-        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
-        self._require("weight_decay", self.weight_decay >= 0, "a number >= 0")
-        self._require("warmup_steps", self.warmup_steps >= 0, "an integer >= 0")
         self._require("max_length", self.max_length >= 2, "an integer >= 2")
 
 
