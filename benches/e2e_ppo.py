@@ -1,19 +1,31 @@
-"""One PPO iteration end to end, rlhf_fast's PPOTrainer against TRL 1.12.0's PPO trainer.
+"""PPO end to end: rlhf_fast's PPOTrainer against TRL 1.12.0's PPO trainer on the same work.
 
-Same work on both sides: the built-in ``small-gpt2`` (GPT-2, 4 layers, 256 wide, 4 heads,
-byte-level vocabulary of 260, ~3.3 M parameters) as policy, a frozen copy as reference, a
-separate critic trunk of the same size and a reward model of the same size (fresh weights; the
-numbers do not depend on what they learned); 64 prompts, 48 sampled tokens per response
-(temperature 1, no top-k/top-p), k1 KL penalty, GAE (gamma 1, lam 0.95), whitened advantages,
-4 PPO epochs x 4 minibatches of 16 with one AdamW step each; CPU, 2 torch threads.
-Both stop a response at ``<eos>`` (TRL: ``stop_token="eos"``; it still computes over all 48
-positions), and tokens/s counts each side's response tokens up to and including ``<eos>``.
+Shapes (``--shape``):
+- ``small`` (default): the built-in ``small-gpt2`` (GPT-2, 4 layers, 256 wide, 4 heads,
+  byte-level vocabulary of 260, ~3.3 M parameters); 64 prompts, 48 sampled tokens.
+- ``gpt2-124m``: GPT-2-124M's shape (12 layers, 768 wide, 12 heads, 50,257-token vocabulary,
+  random init from a config); 16 prompts, 64 sampled tokens.
+Both sides: a policy and a frozen reference, a reward model of the policy's shape (fresh
+weights; the timings do not depend on what they learned), TRL's separate value model of that
+shape; temperature 1 (no top-k/top-p), k1 KL penalty, GAE (gamma 1, lam 0.95), whitened
+advantages, 4 PPO epochs x 4 minibatches with one AdamW step each; CPU (2 torch threads) or
+one CUDA device (``--device cuda``, as ``benches/gpu_check.sh`` runs it).
+Both stop a response at ``<eos>`` (TRL: ``stop_token="eos"``; it still computes over every
+position), and tokens/s counts each side's response tokens up to and including ``<eos>``.
+rlhf_fast runs with ``PPOConfig``'s defaults unless ``--levers`` says otherwise.
 
-Each trainer runs ``--iterations`` iterations after one warm-up iteration; the median is
-reported. For rlhf_fast the time inside the Rust kernels (every ``rlhf_fast._native`` call:
-KL shaping, GAE, whitening, buffer batching and shuffling) is summed to give their share.
+Each trainer runs in a process of its own (so that its peak RSS is its own): one warm-up
+iteration, then ``--iterations`` timed ones (median reported), and ``whole_run_s``, the time
+from building the trainer to the end of the last iteration (set-up included). For rlhf_fast
+the time inside the Rust kernels (every ``rlhf_fast._native`` call) is summed.
+
+``--lever-table`` measures each of rlhf_fast's speed levers alone and all together, against
+all off and against TRL, and writes a markdown table next to the JSON.
 
     .venv-bench/bin/python benches/e2e_ppo.py --output benches/results/e2e.json
+    .venv-bench/bin/python benches/e2e_ppo.py --shape gpt2-124m --iterations 1 \
+        --output benches/results/e2e_gpt2_124m.json
+    .venv-bench/bin/python benches/e2e_ppo.py --lever-table --output benches/results/ppo_levers.json
 """
 
 from __future__ import annotations
@@ -32,8 +44,48 @@ from typing import Any
 
 import torch
 
-N_PROMPTS, RESPONSE_LENGTH, EPOCHS, MINIBATCHES, THREADS = 64, 48, 4, 4, 2
-MODEL = "small-gpt2"
+EPOCHS, MINIBATCHES, THREADS = 4, 4, 2
+SHAPES: dict[str, dict[str, Any]] = {
+    "small": {"n_prompts": 64, "response_length": 48,
+              "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 256},
+              "vocab_size": 260},
+    "gpt2-124m": {"n_prompts": 16, "response_length": 64,
+                  "model": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
+                  "vocab_size": 50257},
+}
+N_PROMPTS = 64  # set from --shape
+DEVICE = "cpu"  # set from --device
+
+
+def build_models(shape: str, workdir: Path) -> dict[str, Path]:
+    """Policy (with its tokenizer) and reward model of ``shape``, written to ``workdir``.
+
+    The tokenizer is bytes plus made-up whole words up to the shape's vocabulary size, so the
+    LM head has its real width and every sampled id decodes.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhf_fast.models import RewardModel
+    from rlhf_fast.tokenizer import Tokenizer
+
+    spec = SHAPES[shape]
+    tok = Tokenizer(words=[f"w{i}" for i in range(spec["vocab_size"] - 260)])
+    config = GPT2Config(vocab_size=len(tok), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, **spec["model"])
+    paths = {"policy": workdir / "policy", "reward_model": workdir / "reward_model"}
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(paths["policy"])
+    tok.save_pretrained(paths["policy"])
+    torch.manual_seed(1)
+    RewardModel.from_causal_lm(GPT2LMHeadModel(config)).save_pretrained(paths["reward_model"])
+    return paths
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prompts() -> list[str]:
@@ -100,14 +152,12 @@ def generate_then_forward(causal_lm, query, query_mask, *, max_new_tokens, eos_t
     return Samples(tokens, mask, logprobs, values, is_eos.any(-1))
 
 
-def run_rlhf_fast(iterations: int, workdir: Path,
+def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
                   levers: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``levers``: the ones switched on (the others off); None: ``PPOConfig``'s defaults."""
     import rlhf_fast
     import rlhf_fast.models
     import rlhf_fast.trainers.ppo
-    from rlhf_fast.models import RewardModel, load_causal_lm
-    from rlhf_fast.tokenizer import load_tokenizer
     from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
 
     chosen = {} if levers is None else {
@@ -121,14 +171,14 @@ def run_rlhf_fast(iterations: int, workdir: Path,
     if "lean_sampling" not in levers:
         rlhf_fast.trainers.ppo.sample_responses = generate_then_forward
 
-    tok = load_tokenizer("bytes")
-    reward_dir = workdir / "reward_model"
-    RewardModel.from_causal_lm(load_causal_lm(MODEL, tok, seed=1)).save_pretrained(reward_dir)
+    paths = build_models(shape, workdir)
+    set_up = time.perf_counter()
     config = PPOConfig(
-        output_dir=str(workdir / "rlhf_fast"), policy=MODEL, tokenizer="bytes",
-        reward_model=str(reward_dir), rollout_batch_size=N_PROMPTS,
-        minibatch_size=N_PROMPTS // MINIBATCHES, ppo_epochs=EPOCHS, max_new_tokens=RESPONSE_LENGTH,
-        kl_estimator="k1", gamma=1.0, lam=0.95, device="cpu", tensorboard=False, progress=False,
+        output_dir=str(workdir / "rlhf_fast"), policy=str(paths["policy"]),
+        reward_model=str(paths["reward_model"]), rollout_batch_size=N_PROMPTS,
+        minibatch_size=N_PROMPTS // MINIBATCHES, ppo_epochs=EPOCHS,
+        max_new_tokens=SHAPES[shape]["response_length"],
+        kl_estimator="k1", gamma=1.0, lam=0.95, device=DEVICE, tensorboard=False, progress=False,
         max_steps=iterations + 1, **chosen,
     )
     trainer = PPOTrainer(config, prompts=prompts())
@@ -148,12 +198,14 @@ def run_rlhf_fast(iterations: int, workdir: Path,
                         "train_s": end - rolled, "kernel_s": clock.seconds,
                         "kernel_calls": clock.calls,
                         "tokens": int(batch.response_mask.sum().item())})
+    whole_run = time.perf_counter() - set_up
     timed = records[1:]
     median = statistics.median(r["iteration_s"] for r in timed)
     tokens = statistics.median(r["tokens"] for r in timed)
     kernel = statistics.median(r["kernel_s"] for r in timed)
     return {
-        "version": rlhf_fast.__version__, "iteration_s": median,
+        "version": rlhf_fast.__version__, "iteration_s": median, "whole_run_s": whole_run,
+        "peak_rss_mib": peak_rss_mib(),
         "iterations_s": [r["iteration_s"] for r in timed], "tokens": tokens,
         "cpu_s": statistics.median(r["cpu_s"] for r in timed),
         "tokens_per_s": tokens / median, "kernel_s": kernel, "kernel_share": kernel / median,
@@ -169,17 +221,18 @@ def run_rlhf_fast(iterations: int, workdir: Path,
     }
 
 
-def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
+def run_trl(iterations: int, workdir: Path, shape: str) -> dict[str, Any]:
     import trl
     from datasets import Dataset
-    from transformers import GPT2ForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForCausalLM, GPT2ForSequenceClassification, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from rlhf_fast.models import load_causal_lm
     from rlhf_fast.tokenizer import load_tokenizer
 
-    tok = load_tokenizer("bytes")
-    policy = load_causal_lm(MODEL, tok, seed=0)
+    paths = build_models(shape, workdir)
+    set_up = time.perf_counter()
+    tok = load_tokenizer(str(paths["policy"]))
+    policy = AutoModelForCausalLM.from_pretrained(paths["policy"], local_files_only=True)
     ref_policy = copy.deepcopy(policy)
     torch.manual_seed(1)
     cls_config = copy.deepcopy(policy.config)
@@ -198,10 +251,11 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
     args = PPOConfig(
         output_dir=str(workdir / "trl"), per_device_train_batch_size=N_PROMPTS,
         gradient_accumulation_steps=1, num_mini_batches=MINIBATCHES, num_ppo_epochs=EPOCHS,
-        local_rollout_forward_batch_size=N_PROMPTS, response_length=RESPONSE_LENGTH,
+        local_rollout_forward_batch_size=N_PROMPTS,
+        response_length=SHAPES[shape]["response_length"],
         total_episodes=N_PROMPTS * (iterations + 1), stop_token="eos", kl_estimator="k1",
         kl_coef=0.05, gamma=1.0, lam=0.95, learning_rate=1e-4, num_sample_generations=0,
-        report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+        report_to=[], save_strategy="no", use_cpu=DEVICE == "cpu", seed=0, disable_tqdm=True,
         logging_steps=1,
     )
 
@@ -235,51 +289,150 @@ def run_trl(iterations: int, workdir: Path) -> dict[str, Any]:
                          reward_model=reward_model, train_dataset=dataset,
                          value_model=value_model, data_collator=collate, callbacks=[clock])
     trainer.train()
+    whole_run = time.perf_counter() - set_up
     durations = [b - a for a, b in zip(clock.stamps[:-1], clock.stamps[1:])][1:]
     median = statistics.median(durations)
     tokens = statistics.median(counted[1:])
     cpu = [b - a for a, b in zip(clock.cpu[:-1], clock.cpu[1:])][1:]
     return {"version": trl.__version__, "iteration_s": median, "iterations_s": durations,
+            "whole_run_s": whole_run, "peak_rss_mib": peak_rss_mib(),
             "cpu_s": statistics.median(cpu),
             "tokens": tokens, "tokens_per_s": tokens / median, "kernel_share": None,
             "parameters": sum(p.numel() for p in policy.parameters())}
 
 
+def lever_configurations() -> dict[str, tuple[str, ...]]:
+    """Every lever alone and all together, against all off."""
+    configs = {"all off": ()}
+    configs.update({f"{lever} alone": (lever,) for lever in LEVERS})
+    configs["all on"] = LEVERS
+    return configs
+
+
+def run_child(trainer: str, args: argparse.Namespace, levers: tuple[str, ...] | None) -> dict:
+    """One trainer in a fresh process: its own peak RSS, no state left by the other."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, __file__, "--only", trainer, "--shape", args.shape,
+                   "--iterations", str(args.iterations), "--threads", str(args.threads),
+                   "--device", args.device,
+                   "--output", str(out)]
+        if levers is not None:
+            command += ["--levers", ",".join(levers) or "none"]
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0 or not out.exists():
+            return {"error": f"{trainer} exited with status {done.returncode}"}
+        return json.loads(out.read_text())[trainer]
+
+
+def lever_table(result: dict[str, Any]) -> str:
+    """Markdown: configuration -> s/iteration -> speed-up over all off -> over TRL."""
+    base = result["rlhf_fast"]["all off"]["iteration_s"]
+    trl = result.get("trl", {}).get("iteration_s")
+    lines = ["| rlhf_fast levers | s/iteration | x all off | x TRL | peak RSS MiB |",
+             "|---|---|---|---|---|"]
+    rows = list(result["rlhf_fast"].items())
+    if trl:
+        rows.append(("TRL " + result["trl"]["version"], result["trl"]))
+    for name, r in rows:
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} | | | |")
+            continue
+        vs_trl = f"{trl / r['iteration_s']:.2f}" if trl else "-"
+        lines.append(f"| {name} | {r['iteration_s']:.2f} | {base / r['iteration_s']:.2f} | "
+                     f"{vs_trl} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    global N_PROMPTS, DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per trainer")
-    parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None)
+    parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None,
+                        help="run this trainer in this process (default: each in a child)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", type=Path, default=Path("benches/results/e2e.json"))
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument("--levers", default=None,
                         help="rlhf_fast only: comma-separated levers to switch on, the others off "
                         f"({', '.join(LEVERS)}; 'none' for all off); default: PPOConfig's defaults")
+    parser.add_argument("--lever-table", action="store_true",
+                        help="every lever alone and all together, all off, and TRL")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole comparison, alternating the trainers (noisy "
+                        "machines); each figure is the median over rounds")
     args = parser.parse_args()
+    N_PROMPTS, DEVICE = SHAPES[args.shape]["n_prompts"], args.device
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    chosen = None
+    if args.levers is not None:
+        chosen = tuple(x for x in args.levers.split(",") if x and x != "none")
+        unknown = set(chosen) - set(LEVERS)
+        if unknown:
+            parser.error(f"--levers: unknown {sorted(unknown)}; choose from {LEVERS}")
     result: dict[str, Any] = {"description": __doc__.split("\n\n")[1].replace("\n", " "),
-                              "iterations": args.iterations, "threads": args.threads}
-    runners = {"rlhf_fast": run_rlhf_fast, "trl": run_trl}
-    for name, run in runners.items():
-        if args.only and name != args.only:
-            continue
+                              "shape": args.shape, "iterations": args.iterations,
+                              "threads": args.threads, "rounds": args.rounds,
+                              "device": args.device,
+                              "load_average_start": os.getloadavg()}
+    if args.only:  # the child: one trainer, this process
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                if name == "rlhf_fast" and args.levers is not None:
-                    chosen = tuple(x for x in args.levers.split(",") if x and x != "none")
-                    unknown = set(chosen) - set(LEVERS)
-                    if unknown:
-                        parser.error(f"--levers: unknown {sorted(unknown)}; choose from {LEVERS}")
-                    result[name] = run_rlhf_fast(args.iterations, Path(tmp), chosen)
+                if args.only == "rlhf_fast":
+                    result["rlhf_fast"] = run_rlhf_fast(args.iterations, Path(tmp), args.shape,
+                                                        chosen)
                 else:
-                    result[name] = run(args.iterations, Path(tmp))
-                print(f"{name}: {result[name]['iteration_s']:.2f} s/iteration, "
-                      f"{result[name]['tokens_per_s']:.0f} tokens/s", flush=True)
+                    result["trl"] = run_trl(args.iterations, Path(tmp), args.shape)
             except Exception as err:  # report a failing trainer instead of losing the other
                 traceback.print_exc()
-                result[name] = {"error": f"{type(err).__name__}: {err}"}
+                result[args.only] = {"error": f"{type(err).__name__}: {err}"}
+    else:
+        runs: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
+            "trl": [("trl", None)],
+            "rlhf_fast": [(name, levers) for name, levers in lever_configurations().items()]
+            if args.lever_table else [("rlhf_fast", chosen)],
+        }
+        rounds: dict[str, list[dict]] = {}
+        for _ in range(args.rounds):
+            for key, (name, levers) in [("trl", runs["trl"][0])] + [
+                    ("rlhf_fast", r) for r in runs["rlhf_fast"]]:
+                r = run_child("trl" if key == "trl" else "rlhf_fast", args, levers)
+                rounds.setdefault(name, []).append(r)
+                if "error" not in r:
+                    print(f"{name}: {r['iteration_s']:.2f} s/iteration, "
+                          f"{r['whole_run_s']:.1f} s whole run, {r['peak_rss_mib']:.0f} MiB",
+                          flush=True)
+
+        def median_of(records: list[dict]) -> dict:
+            good = [r for r in records if "error" not in r]
+            if not good:
+                return records[-1]
+            pick = sorted(good, key=lambda r: r["iteration_s"])[len(good) // 2]
+            return {**pick, "rounds_iteration_s": [r["iteration_s"] for r in good]}
+
+        result["trl"] = median_of(rounds["trl"])
+        if args.lever_table:
+            result["rlhf_fast"] = {name: median_of(rounds[name]) for name, _ in runs["rlhf_fast"]}
+        else:
+            result["rlhf_fast"] = median_of(rounds["rlhf_fast"])
+            if "error" not in result["rlhf_fast"] and "error" not in result["trl"]:
+                result["speedup_iteration"] = (result["trl"]["iteration_s"]
+                                               / result["rlhf_fast"]["iteration_s"])
+                result["speedup_whole_run"] = (result["trl"]["whole_run_s"]
+                                               / result["rlhf_fast"]["whole_run_s"])
+                print(f"rlhf_fast vs TRL: {result['speedup_iteration']:.2f}x per iteration, "
+                      f"{result['speedup_whole_run']:.2f}x whole run")
+    result["load_average_end"] = os.getloadavg()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
+    if args.lever_table:
+        table = lever_table(result)
+        args.output.with_suffix(".md").write_text(table)
+        print(table)
 
 
 if __name__ == "__main__":

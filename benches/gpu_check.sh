@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU check: GAE on CUDA tensors against a torch GPU loop, and one PPO iteration of
+# rlhf_fast against TRL on the GPU. Finishes in under 8 minutes on one H100/H200.
+#
+# Prepare on a machine with network access (builds the wheel, downloads the peers' wheels):
+#     bash benches/gpu_check.sh --prepare
+# Run on the CUDA machine (python3 with torch + CUDA and transformers, no network needed),
+# from the repository root, with target/wheels/ and .whl/ copied along:
+#     bash benches/gpu_check.sh [OUTPUT_DIR]
+# Results: OUTPUT_DIR/gpu_gae.json, OUTPUT_DIR/gpu_e2e.json and the log (default: gpu_results/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ${1:-} == --prepare ]]; then
+    make wheel
+    mkdir -p .whl
+    # trl and datasets (and what they need that the CUDA image lacks), for its Python 3.12.
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform any -d .whl \
+        trl==1.12.0 datasets dill multiprocess xxhash
+    echo "ready: copy target/wheels/ and .whl/ with the checkout to the CUDA machine"
+    exit 0
+fi
+
+out=${1:-gpu_results}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+site=/tmp/rlhf_fast_gpu_site
+if ! $python -c "import rlhf_fast._native" 2>/dev/null; then
+    wheel=$(ls target/wheels/rlhf_fast-*x86_64*.whl 2>/dev/null | head -1 || true)
+    [[ -n $wheel ]] || { echo "error: no rlhf_fast wheel in target/wheels/; run --prepare first" >&2; exit 1; }
+    $python -m pip install --quiet --no-index --no-deps --target "$site" "$wheel" .whl/*.whl 2>/dev/null \
+        || $python -m pip install --quiet --no-index --no-deps --target "$site" "$wheel"
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    timeout 180 $python benches/gpu_gae.py --output "$out/gpu_gae.json"
+    trainers=""
+    $python -c "import trl" 2>/dev/null || trainers="--only rlhf_fast"
+    [[ -z $trainers ]] || echo "trl is not importable here: rlhf_fast alone"
+    timeout 270 $python benches/e2e_ppo.py --device cuda --iterations 2 $trainers \
+        --output "$out/gpu_e2e.json"
+} 2>&1 | tee "$out/gpu_check.log"
