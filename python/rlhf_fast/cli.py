@@ -1,4 +1,5 @@
-"""The ``rlhf-fast`` command line: ``sft``, ``train-reward``, ``ppo``, ``pipeline``, ``demo``.
+"""The ``rlhf-fast`` command line: ``sft``, ``train-reward``, ``ppo``, ``grpo``, ``rloo``, ``dpo``,
+``pipeline``, ``demo``, ``label``.
 
 Every subcommand is one config dataclass and one ``run_*(config)`` function. Options
 come from the dataclass fields (their ``metadata["help"]`` is the ``--help`` text), a
@@ -102,6 +103,24 @@ COMMANDS: dict[str, Command] = {
         "rlhf_fast.trainers.ppo",
         "PPOConfig",
         "rlhf_fast.preflight:run_ppo",
+    ),
+    "grpo": Command(
+        "GRPO: groups of completions per prompt, group-relative advantages, no critic.",
+        "rlhf_fast.trainers.grpo",
+        "GRPOConfig",
+        "run_grpo",
+    ),
+    "rloo": Command(
+        "RLOO: REINFORCE with a leave-one-out group baseline and the KL in the reward.",
+        "rlhf_fast.trainers.rloo",
+        "RLOOConfig",
+        "run_rloo",
+    ),
+    "dpo": Command(
+        "DPO (sigmoid, IPO or hinge loss) on preference pairs against a frozen reference.",
+        "rlhf_fast.trainers.dpo",
+        "DPOConfig",
+        "run_dpo",
     ),
     "pipeline": Command(
         "SFT, then the reward model, then PPO, each stage starting from the last.",

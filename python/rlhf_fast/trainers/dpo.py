@@ -261,4 +261,7 @@ class DPOTrainer:
 
 def run_dpo(config: DPOConfig) -> dict[str, Any]:
     """The CLI entry point of ``rlhf-fast dpo``: train and return a summary dict."""
-    return DPOTrainer(config).train()
+    from rlhf_fast.preflight import preference_pairs
+
+    pairs, eval_pairs = preference_pairs(config, model=config.policy)
+    return DPOTrainer(config, pairs=pairs, eval_pairs=eval_pairs).train()

@@ -87,4 +87,6 @@ class GRPOTrainer(GroupTrainer):
 
 def run_grpo(config: GRPOConfig) -> dict[str, Any]:
     """The CLI entry point of ``rlhf-fast grpo``: train and return a summary dict."""
-    return GRPOTrainer(config).train()
+    from rlhf_fast.preflight import ppo_prompts
+
+    return GRPOTrainer(config, prompts=ppo_prompts(config)).train()

@@ -87,4 +87,6 @@ class RLOOTrainer(GroupTrainer):
 
 def run_rloo(config: RLOOConfig) -> dict[str, Any]:
     """The CLI entry point of ``rlhf-fast rloo``: train and return a summary dict."""
-    return RLOOTrainer(config).train()
+    from rlhf_fast.preflight import ppo_prompts
+
+    return RLOOTrainer(config, prompts=ppo_prompts(config)).train()
