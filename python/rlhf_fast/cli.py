@@ -134,6 +134,12 @@ COMMANDS: dict[str, Command] = {
         "DemoConfig",
         "run_demo",
     ),
+    "compare": Command(
+        "PPO, GRPO, RLOO and DPO on the demo task over several seeds, with one report.",
+        "rlhf_fast.demo.compare",
+        "CompareConfig",
+        "run_compare",
+    ),
     "label": Command(
         "A local labelling page: people pick the better of two answers, into prefs.jsonl.",
         "rlhf_fast.label",

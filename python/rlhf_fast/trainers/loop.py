@@ -92,17 +92,18 @@ def run_loop(
         disable=not cfg.progress or not dist.is_main_process(),
     )
     logged: dict[str, float] = {}
-    t_start = time.perf_counter()
+    train_seconds = 0.0  # in train steps only, hooks not counted
     while trainer.step < cfg.max_steps:
         t0 = time.perf_counter()
         metrics = trainer.train_step()
         trainer.step += 1
         metrics["perf/seconds_per_step"] = time.perf_counter() - t0
+        train_seconds += metrics["perf/seconds_per_step"]
+        metrics["perf/train_seconds"] = train_seconds
         last = trainer.step == cfg.max_steps
         if hooks and (last or (hook_every and trainer.step % hook_every == 0)):
             for hook in hooks:
                 metrics.update(hook(trainer))
-        metrics["perf/train_seconds"] = time.perf_counter() - t_start
         metrics = dist.all_reduce_mean(metrics)
         if trainer.step % cfg.log_every == 0 or last:
             logger.log(trainer.step, metrics)
