@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help
 help: ## Show this help.
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ test-thorough: build ## Kernel property tests at 10,000 hypothesis cases each (s
 demo: build ## Run the whole pipeline (SFT -> reward model -> PPO) offline on the built-in task.
 	$(VENV)/bin/rlhf-fast demo --output-dir runs/demo
 
+.PHONY: compare
+compare: build ## PPO, GRPO, RLOO and DPO on the demo task, seeds 0-2, one report (runs/compare/report.md).
+	$(VENV)/bin/rlhf-fast compare --output-dir runs/compare --seeds 0 1 2
+
 .PHONY: bench
 bench: build ## Run the benchmarks that need no GPU and write benches/results/.
 	mkdir -p .benchmarks
@@ -78,13 +82,40 @@ bench: build ## Run the benchmarks that need no GPU and write benches/results/.
 classic: build ## Run the classic-RL examples and write examples/classic/results/.
 	$(PY) examples/classic/run_all.py
 
+# Release wheels: abi3, manylinux2014 (glibc 2.17), linked with zig, each one checked
+# (auditwheel show, ELF machine, glibc symbol versions, tags, version) or refused.
+WHEELS_VENV := .venv-wheels
+WHEELS_STAMP := $(WHEELS_VENV)/.stamp
+
+$(WHEELS_STAMP): scripts/wheel-requirements.txt
+	$(PYTHON) -m venv $(WHEELS_VENV)
+	$(WHEELS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WHEELS_VENV)/bin/python -m pip install --quiet -r scripts/wheel-requirements.txt
+	touch $@
+
 .PHONY: wheel
-wheel: $(DEPS_STAMP) ## Build the abi3 release wheel into target/wheels/.
-	source $(VENV)/bin/activate && maturin build --release --quiet --out target/wheels
+wheel: $(WHEELS_STAMP) ## Build the manylinux2014 abi3 wheel for this machine's CPU into target/wheels/.
+	bash scripts/build_wheels.sh $(shell uname -m)
+
+.PHONY: wheels
+wheels: $(WHEELS_STAMP) ## Build the manylinux2014 abi3 wheels for x86_64 and aarch64 into target/wheels/.
+	bash scripts/build_wheels.sh x86_64 aarch64
+
+.PHONY: sdist
+sdist: $(WHEELS_STAMP) ## Build the source distribution (pip builds it wherever Rust is installed).
+	bash scripts/build_sdist.sh
 
 .PHONY: wheel-check
-wheel-check: wheel ## Install the wheel into a fresh venv and import it.
+wheel-check: wheel ## Install this machine's wheel into a fresh venv; import it and run the kernel smoke set.
 	bash scripts/check_wheel.sh
+
+.PHONY: sdist-check
+sdist-check: sdist ## Install the sdist into a fresh venv (pip compiles it); run the kernel smoke set.
+	bash scripts/check_wheel.sh target/wheels/rlhf_fast-*.tar.gz
+
+.PHONY: test-aarch64
+test-aarch64: $(WHEELS_STAMP) ## Kernel crate tests and the aarch64 wheel's smoke set under qemu (installs qemu via apt).
+	bash scripts/test_aarch64.sh
 
 .PHONY: lint
 lint: build ## clippy (pedantic), ruff and the native stub check.
