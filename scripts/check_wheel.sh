@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# Installs the newest abi3 wheel from target/wheels into a throw-away venv and uses it.
+# Installs a built distribution into a throw-away venv, as a user would, and runs
+# scripts/smoke_wheel.py against it: import, versions, package data, then the
+# kernel smoke set of tests/.
+#
+#   bash scripts/check_wheel.sh [DIST]
+#
+# DIST: a wheel or an sdist (an sdist is compiled by pip, so it needs cargo);
+# default: the manylinux2014 wheel for this machine in target/wheels/.
 set -euo pipefail
-wheel=$(ls -t target/wheels/rlhf_fast-*abi3*.whl | head -n 1)
+cd "$(dirname "$0")/.."
+root=$PWD
+dist=${1:-}
+if [ -z "$dist" ]; then
+    dist=$(ls target/wheels/rlhf_fast-*-cp39-abi3-*manylinux_2_17_"$(uname -m)".whl 2>/dev/null | head -n 1 || true)
+    [ -n "$dist" ] || { echo "error: no manylinux2014 $(uname -m) wheel in target/wheels; run 'make wheel'" >&2; exit 1; }
+fi
+dist=$(realpath "$dist")
+version=$(cargo metadata --no-deps --format-version 1 --manifest-path "$root/Cargo.toml" | python3 -c \
+    'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "rlhf_fast_python"))')
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+echo "== installing $(basename "$dist") into a fresh venv"
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install --quiet "$wheel"
+"$tmp/venv/bin/python" -m pip install --quiet --upgrade pip
+"$tmp/venv/bin/python" -m pip install --quiet "$dist" "pytest>=8" "hypothesis>=6.100"
 cd "$tmp"
-"$tmp/venv/bin/python" - <<'PY'
-import numpy as np
-import rlhf_fast
-from rlhf_fast import _native
-
-rewards = np.array([[0.0, 1.0]], dtype=np.float32)
-values = np.zeros_like(rewards)
-adv, ret = rlhf_fast.gae(rewards, values, np.ones_like(rewards, dtype=bool), gamma=1.0, lam=1.0)
-assert np.allclose(adv, [[1.0, 1.0]]), adv
-# The labelling page ships as package data, not code: check that it made it in.
-from importlib import resources
-page = resources.files("rlhf_fast.label") / "static"
-for name in ("index.html", "stats.html", "app.js", "stats.js", "style.css"):
-    assert (page / name).is_file(), f"rlhf_fast/label/static/{name} is missing from the wheel"
-print(f"wheel OK: rlhf_fast {_native.__version__} from {rlhf_fast.__file__}")
-PY
+"$tmp/venv/bin/python" "$root/scripts/smoke_wheel.py" "$version"
+echo "$(basename "$dist"): smoke set passed"
