@@ -6,13 +6,16 @@ those, zero-copy where it can) and return numpy arrays. Float arguments must all
 share one dtype, float32 or float64; masks and ``dones`` are uint8 holding 0/1
 (a bool array viewed as uint8 is fine); offsets are int64.
 
-Every function validates its arguments and raises ``InvalidArgumentError``
+Every argument is checked here, once: the binding checks the arrays (dtype,
+dimensions, shape, emptiness, contiguity, outputs) and the kernels the values
+(ranges, offsets, mask values, finiteness); errors are ``InvalidArgumentError``
 (a ``ValueError``), ``InvalidDtypeError`` (a ``TypeError``) or ``NonFiniteError``
 (a ``ValueError``) naming the argument. The GIL is released while kernels run.
 
-Layouts:
+Layouts (one entry point each: a mask, ``cu_seqlens``, or neither):
 - *padded*: ``[B, T]`` arrays plus a ``[B, T]`` mask; ``mask[b, t] == 1`` marks a
-  token that takes part. Left/right padding and holes are all allowed.
+  token that takes part (no mask: every token). Left/right padding and holes are
+  all allowed.
 - *packed*: flat ``[N]`` arrays plus ``cu_seqlens`` ``[B + 1]`` (non-decreasing
   int64 offsets, ``cu_seqlens[0] >= 0``, ``cu_seqlens[-1] <= N``); row ``b`` is
   ``x[cu_seqlens[b]:cu_seqlens[b + 1]]`` and every element in it takes part.
@@ -37,11 +40,9 @@ __all__ = [
     "RlhfFastError",
     "__version__",
     "gae",
-    "gae_packed",
     "get_num_threads",
     "group_advantages",
     "kl_shaped_rewards",
-    "kl_shaped_rewards_packed",
     "masked_moments",
     "masked_whiten",
     "minibatch_indices",
@@ -74,8 +75,9 @@ def set_num_threads(n: int) -> None:
 def gae(
     rewards: NDArray[_F],
     values: NDArray[_F],
-    mask: NDArray[np.uint8],
+    mask: Optional[NDArray[np.uint8]] = None,
     *,
+    cu_seqlens: Optional[NDArray[np.int64]] = None,
     gamma: float,
     lam: float,
     bootstrap_values: Optional[NDArray[_F]] = None,
@@ -84,7 +86,8 @@ def gae(
     returns_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
 ) -> tuple[NDArray[_F], NDArray[_F]]:
-    """Padded GAE. ``rewards, values, mask, dones``: ``[B, T]``; ``bootstrap_values``: ``[B]``.
+    """GAE. Padded: ``rewards, values, mask, dones`` ``[B, T]``; packed: ``[N]`` with
+    ``cu_seqlens`` ``[B + 1]``; ``bootstrap_values``: ``[B]``.
 
     Per row, over the masked positions from last to first:
     ``delta = r_t + gamma * V_next - V_t``; ``A_t = delta + gamma * lam * A_next``;
@@ -94,28 +97,14 @@ def gae(
     Returns ``(advantages, returns)``, written into the ``*_out`` arrays when given.
     """
 
-def gae_packed(
-    rewards: NDArray[_F],
-    values: NDArray[_F],
-    cu_seqlens: NDArray[np.int64],
-    *,
-    gamma: float,
-    lam: float,
-    bootstrap_values: Optional[NDArray[_F]] = None,
-    dones: Optional[NDArray[np.uint8]] = None,
-    advantages_out: Optional[NDArray[_F]] = None,
-    returns_out: Optional[NDArray[_F]] = None,
-    check_finite: bool = True,
-) -> tuple[NDArray[_F], NDArray[_F]]:
-    """Packed GAE: ``[N]`` inputs, ``cu_seqlens`` ``[B + 1]``, ``bootstrap_values`` ``[B]``."""
-
 # ---------------------------------------------------------------- KL shaping
 def kl_shaped_rewards(
     logprobs: NDArray[_F],
     ref_logprobs: NDArray[_F],
-    mask: NDArray[np.uint8],
-    scores: NDArray[_F],
+    mask: Optional[NDArray[np.uint8]] = None,
+    scores: Optional[NDArray[_F]] = None,
     *,
+    cu_seqlens: Optional[NDArray[np.int64]] = None,
     kl_coef: float,
     estimator: str = "k1",
     clamp: Optional[float] = None,
@@ -123,7 +112,8 @@ def kl_shaped_rewards(
     kl_out: Optional[NDArray[_F]] = None,
     check_finite: bool = True,
 ) -> tuple[NDArray[_F], NDArray[_F]]:
-    """Padded KL shaping. ``logprobs, ref_logprobs, mask``: ``[B, T]``; ``scores``: ``[B]``.
+    """KL shaping. Padded: ``logprobs, ref_logprobs, mask`` ``[B, T]``; packed: ``[N]``
+    with ``cu_seqlens`` ``[B + 1]``; ``scores``: ``[B]`` (None: no score).
 
     ``lr = logprobs - ref_logprobs``; ``kl`` by estimator ``"k1"`` (lr), ``"abs"`` (|lr|),
     ``"k2"`` (lr**2 / 2) or ``"k3"`` (exp(-lr) - 1 + lr), clamped to ``[-clamp, clamp]``
@@ -132,40 +122,29 @@ def kl_shaped_rewards(
     score). Returns ``(rewards, kl)``.
     """
 
-def kl_shaped_rewards_packed(
-    logprobs: NDArray[_F],
-    ref_logprobs: NDArray[_F],
-    cu_seqlens: NDArray[np.int64],
-    scores: NDArray[_F],
-    *,
-    kl_coef: float,
-    estimator: str = "k1",
-    clamp: Optional[float] = None,
-    rewards_out: Optional[NDArray[_F]] = None,
-    kl_out: Optional[NDArray[_F]] = None,
-    check_finite: bool = True,
-) -> tuple[NDArray[_F], NDArray[_F]]:
-    """Packed KL shaping: ``[N]`` inputs, ``cu_seqlens`` ``[B + 1]``, ``scores`` ``[B]``."""
-
 # ---------------------------------------------------------------- masked moments
 def masked_moments(
     x: NDArray[_F],
     mask: Optional[NDArray[np.uint8]] = None,
     *,
+    cu_seqlens: Optional[NDArray[np.int64]] = None,
+    min_count: int = 1,
     check_finite: bool = True,
 ) -> tuple[int, float, float]:
-    """``(count, mean, m2)`` over elements where ``mask == 1`` (all when ``mask`` is None).
+    """``(count, mean, m2)`` over elements where ``mask == 1`` (all when ``mask`` is None;
+    with ``cu_seqlens``, those of the packed rows).
 
     ``x`` and ``mask`` share any shape. ``m2`` is the sum of squared deviations from
     the mean, so ``var = m2 / (count - 1)`` (unbiased) or ``m2 / count``. Accumulates
     in float64 in fixed-size blocks, so the result does not depend on thread count.
-    ``count == 0`` gives ``(0, nan, nan)``; the caller decides whether that is an error.
+    Fewer than ``min_count`` elements taking part is an error.
     """
 
 def masked_whiten(
     x: NDArray[_F],
     mask: Optional[NDArray[np.uint8]] = None,
     *,
+    cu_seqlens: Optional[NDArray[np.int64]] = None,
     shift_mean: bool = True,
     unbiased: bool = True,
     eps: float = 1e-8,

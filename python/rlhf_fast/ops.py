@@ -19,7 +19,11 @@ Two layouts are accepted by ``gae``, ``kl_shaped_rewards`` and the masked moment
 
 Bad input raises ``InvalidArgumentError`` (a ``ValueError``), ``InvalidDtypeError``
 (a ``TypeError``) or ``NonFiniteError`` (NaN/Inf, skipped with ``check_finite=False``);
-each message names the argument, what was expected and what was given.
+each message names the function and the argument, what was expected and what was given.
+Each check is made once: this module only converts (torch -> numpy views, device
+staging, masks to uint8, Python scalars to their types); the binding
+(``rust/python``) checks every array (dtype, dimensions, shape, emptiness, ``out=``)
+and the kernels every value (ranges, offsets, mask values, finiteness).
 
 torch is optional: it is never imported here. A tensor can only reach these
 functions if the caller has imported torch already, so ``sys.modules`` tells.
@@ -27,14 +31,13 @@ functions if the caller has imported torch already, so ``sys.modules`` tells.
 
 from __future__ import annotations
 
-import math
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from rlhf_fast import _native
-from rlhf_fast.errors import InvalidArgumentError, InvalidDtypeError
+from rlhf_fast.errors import InvalidArgumentError, InvalidDtypeError, RlhfFastError
 
 __all__ = [
     "gae",
@@ -49,11 +52,6 @@ __all__ = [
 ]
 
 Array = Any  # a numpy array or a torch tensor
-KL_ESTIMATORS = ("k1", "abs", "k2", "k3")
-NORMALIZE_MODES = ("std", "none")
-PAD_SIDES = ("right", "left")
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_RAGGED_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int64, np.int32, np.uint8))
 
 
 # ------------------------------------------------------------------ torch, if present
@@ -110,6 +108,8 @@ def _describe(x: Any) -> str:
 
 
 # ------------------------------------------------------------------ scalar arguments
+# Python scalars are converted here (the binding would raise a bare TypeError); their
+# ranges are the kernels' to check.
 def _real(fn: str, value: Any, name: str, hint: str) -> float:
     if isinstance(value, (str, bytes, complex, np.complexfloating)) or value is None:
         raise InvalidDtypeError(f"{fn}: {name} must be a real number, got {value!r}; {hint}")
@@ -121,40 +121,19 @@ def _real(fn: str, value: Any, name: str, hint: str) -> float:
         ) from err
 
 
-def _unit_interval(fn: str, value: Any, name: str) -> float:
-    v = _real(fn, value, name, f"pass e.g. {name}=0.95")
-    if not 0.0 <= v <= 1.0:  # also rejects NaN
-        raise InvalidArgumentError(
-            f"{fn}: {name} must lie in [0, 1], got {v}; pass e.g. {name}=0.95"
-        )
-    return v
-
-
-def _non_negative(fn: str, value: Any, name: str, example: str) -> float:
-    v = _real(fn, value, name, f"pass e.g. {name}={example}")
-    if not (math.isfinite(v) and v >= 0.0):
-        raise InvalidArgumentError(
-            f"{fn}: {name} must be finite and >= 0, got {v}; pass e.g. {name}={example}"
-        )
-    return v
-
-
-def _integer(fn: str, value: Any, name: str, minimum: int, example: str) -> int:
+def _integer(fn: str, value: Any, name: str, example: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise InvalidDtypeError(
-            f"{fn}: {name} must be an int >= {minimum}, got {value!r}; pass e.g. {name}={example}"
-        )
-    if value < minimum:
-        raise InvalidArgumentError(
-            f"{fn}: {name} must be an int >= {minimum}, got {value}; pass e.g. {name}={example}"
+            f"{fn}: {name} must be an int, got {value!r}; pass e.g. {name}={example}"
         )
     return int(value)
 
 
-def _choice(fn: str, value: Any, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        options = ", ".join(repr(c) for c in choices)
-        raise InvalidArgumentError(f"{fn}: {name} must be one of {options}; got {value!r}")
+def _choice(fn: str, value: Any, name: str, example: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidDtypeError(
+            f"{fn}: {name} must be a str, got {value!r}; pass e.g. {name}={example!r}"
+        )
     return value
 
 
@@ -162,6 +141,14 @@ def _flag(fn: str, value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InvalidDtypeError(f"{fn}: {name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def _native_call(fn: str, native: Any, *args: Any, **kwargs: Any) -> Any:
+    """``native(*args, **kwargs)`` with the public function's name before any error."""
+    try:
+        return native(*args, **kwargs)
+    except RlhfFastError as err:
+        raise type(err)(f"{fn}: {err}") from None
 
 
 # ------------------------------------------------------------------ array arguments
@@ -191,20 +178,14 @@ class _Output:
 
 
 class _Call:
-    """Argument normalisation for one ops call. The first float array decides the
-    kind (numpy or torch, and the device) and dtype that every result takes."""
+    """Argument conversion for one ops call. The first float array decides the kind
+    (numpy or torch, and the device) and dtype that every result takes."""
 
     def __init__(self, fn: str):
         self.fn = fn
         self.device: Any = None  # a torch.device when the caller passed torch tensors
         self.kind_set = False
         self.dtype: np.dtype | None = None
-        self.dtype_from = ""
-
-    def _adopt_kind(self, x: Any) -> None:
-        if not self.kind_set:
-            self.kind_set = True
-            self.device = x.device if _is_tensor(x) else None
 
     @property
     def on_device(self) -> bool:
@@ -227,69 +208,34 @@ class _Call:
                 f"{self.fn}: {name} must be an array or tensor, got {_describe(x)} ({err})"
             ) from err
 
-    def _bad_dtype(self, name: str, x: Any) -> Any:
-        raise InvalidDtypeError(
-            f"{self.fn}: {name} must hold float32 or float64, got {_describe(x)}; "
-            f"cast it, e.g. {name}.astype(np.float32) or {name}.float()"
-        )
-
-    def floats(
-        self,
-        x: Any,
-        name: str,
-        *,
-        ndim: int | None = None,
-        shape: tuple[int, ...] | None = None,
-        like: str = "",
-        layout: str = "",
-    ) -> np.ndarray:
-        """``x`` as a C-contiguous float32/float64 numpy array sharing the call's dtype."""
+    def floats(self, x: Any, name: str) -> np.ndarray:
+        """``x`` as a C-contiguous native-endian numpy array; the first one sets the
+        kind, device and dtype of the results."""
         if x is None:
             raise InvalidArgumentError(f"{self.fn}: {name} is required, got None")
         arr = self._to_numpy(x, name)
-        if arr.dtype not in _FLOAT_DTYPES:
-            self._bad_dtype(name, x)
-        if ndim is not None and arr.ndim != ndim:
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} must be {ndim}-D{layout}, got {arr.ndim}-D "
-                f"with shape {arr.shape}"
-            )
-        if shape is not None and arr.shape != shape:
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} must have shape {shape}{like}, got {arr.shape}"
-            )
-        if self.dtype is None:
-            self.dtype, self.dtype_from = arr.dtype, name
-        elif arr.dtype != self.dtype:
-            raise InvalidDtypeError(
-                f"{self.fn}: {name} has dtype {arr.dtype} but {self.dtype_from} has "
-                f"{self.dtype}; all float inputs must share one dtype: cast {name} to "
-                f"{self.dtype}"
-            )
-        self._adopt_kind(x)
+        if not self.kind_set:
+            self.kind_set = True
+            self.device = x.device if _is_tensor(x) else None
+            self.dtype = arr.dtype
         if not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return np.ascontiguousarray(arr)
 
-    def optional_floats(self, x: Any, name: str, **kw: Any) -> np.ndarray | None:
-        return None if x is None else self.floats(x, name, **kw)
+    def optional_floats(self, x: Any, name: str) -> np.ndarray | None:
+        return None if x is None else self.floats(x, name)
 
-    def mask(self, m: Any, name: str, shape: tuple[int, ...], like: str) -> np.ndarray:
-        """``m`` as a C-contiguous uint8 0/1 array (a bool array is only re-viewed)."""
+    def mask(self, m: Any, name: str) -> Any:
+        """``m`` as C-contiguous uint8 0/1 (a bool array is only re-viewed). An int or
+        float mask is converted only when every value is 0 or 1, so nothing is lost on
+        the way; any other dtype is passed on for the binding to refuse."""
+        if m is None:
+            return None
         arr = self._to_numpy(m, name)
-        if arr.shape != shape:
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} must have shape {shape} (the shape of {like}), got {arr.shape}"
-            )
         if arr.dtype == np.bool_:
             return np.ascontiguousarray(arr).view(np.uint8)
-        if arr.dtype == np.uint8:
+        if arr.dtype == np.uint8 or arr.dtype.kind not in "iuf":
             return np.ascontiguousarray(arr)
-        if arr.dtype.kind not in "iuf":
-            raise InvalidDtypeError(
-                f"{self.fn}: {name} must be bool, uint8, or an int/float array of 0/1, "
-                f"got {_describe(m)}; build it with e.g. (tokens != pad_id)"
-            )
         bad = (arr != 0) & (arr != 1)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -297,64 +243,34 @@ class _Call:
                 f"{self.fn}: {name} must hold only 0 and 1, got {arr[where].item()!r} at "
                 f"{list(where)}; pass a bool array, e.g. {name} != 0"
             )
-        return arr.astype(np.uint8)
+        return np.ascontiguousarray(arr, dtype=np.uint8)
 
-    def offsets(self, cu: Any, name: str, num_elements: int) -> np.ndarray:
-        """``cu`` as C-contiguous int64 offsets ``[B + 1]`` into ``num_elements`` values."""
+    def offsets(self, cu: Any, name: str) -> Any:
+        """Integer offsets as C-contiguous int64 (anything else goes on to be refused)."""
+        if cu is None:
+            return None
         arr = self._to_numpy(cu, name)
-        if arr.dtype.kind not in "iu":
-            raise InvalidDtypeError(
-                f"{self.fn}: {name} must hold integers (int32/int64 offsets), got {_describe(cu)}"
-            )
-        if arr.ndim != 1 or arr.shape[0] < 2:
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} must be 1-D with B + 1 >= 2 offsets, got shape {arr.shape}"
-            )
-        arr = np.ascontiguousarray(arr, dtype=np.int64)
-        if arr[0] < 0 or arr[-1] > num_elements or (np.diff(arr) < 0).any():
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} must be non-decreasing offsets with {name}[0] >= 0 and "
-                f"{name}[-1] <= {num_elements} (the number of elements), got "
-                f"{np.array2string(arr, threshold=8)}"
-            )
+        if arr.dtype.kind in "iu":
+            return np.ascontiguousarray(arr, dtype=np.int64)
         return arr
 
     def output(self, given: Any, name: str, shape: tuple[int, ...]) -> _Output:
-        """Validates a caller's ``out=`` array, or prepares where a fresh result goes."""
+        """Where a result goes: the caller's ``out=`` (a device tensor through a pinned
+        staging copy), a staging buffer for device results, or a fresh array."""
         if given is None:
             if self.on_device:
                 staging = _host_buffer(shape, _torch_dtype(self.dtype), self.device)
                 return _Output(self, None, staging.numpy(), staging)
             return _Output(self, None, None, None)
         if _is_tensor(given):
-            problems = []
-            if given.dtype != _torch_dtype(self.dtype):
-                problems.append(f"dtype {given.dtype} (expected {_torch_dtype(self.dtype)})")
-            if tuple(given.shape) != shape:
-                problems.append(f"shape {tuple(given.shape)} (expected {shape})")
-            if not given.is_contiguous():
-                problems.append("non-contiguous memory (expected contiguous)")
-            if problems:
-                raise InvalidArgumentError(f"{self.fn}: {name} has " + ", ".join(problems))
+            if _numpy_dtype_of_tensor(given) is None:
+                raise InvalidDtypeError(
+                    f"{self.fn}: {name} is {_describe(given)}, a dtype rlhf_fast does not take"
+                )
             if given.device.type != "cpu":
-                staging = _host_buffer(shape, given.dtype, given.device)
+                staging = _host_buffer(tuple(given.shape), given.dtype, given.device)
                 return _Output(self, given, staging.numpy(), staging)
             return _Output(self, given, given.detach().numpy(), None)
-        if not isinstance(given, np.ndarray):
-            raise InvalidDtypeError(
-                f"{self.fn}: {name} must be a numpy array or torch tensor, got {_describe(given)}"
-            )
-        problems = []
-        if given.dtype != self.dtype:
-            problems.append(f"dtype {given.dtype} (expected {self.dtype})")
-        if given.shape != shape:
-            problems.append(f"shape {given.shape} (expected {shape})")
-        if not given.flags.c_contiguous:
-            problems.append("non-contiguous memory (expected C-contiguous)")
-        if not given.flags.writeable:
-            problems.append("read-only memory")
-        if problems:
-            raise InvalidArgumentError(f"{self.fn}: {name} has " + ", ".join(problems))
         return _Output(self, given, given, None)
 
     def scalar(self, value: float) -> Any:
@@ -364,29 +280,10 @@ class _Call:
             return self.dtype.type(value)
         return _torch().tensor(value, dtype=_torch_dtype(self.dtype), device=self.device)
 
-    def not_empty(self, arr: np.ndarray, name: str) -> None:
-        if arr.size == 0:
-            raise InvalidArgumentError(
-                f"{self.fn}: {name} is empty (shape {arr.shape}); pass at least one row "
-                "with at least one element"
-            )
-
-    def no_mask_with_packed(self, mask: Any, name: str = "mask") -> None:
-        if mask is not None:
-            raise InvalidArgumentError(
-                f"{self.fn}: pass either {name} (padded [B, T] layout) or cu_seqlens "
-                f"(packed layout), not both; got {name}={_describe(mask)}"
-            )
-
 
 def _torch_dtype(dtype: np.dtype | None) -> Any:
     torch = _torch()
     return torch.float64 if dtype == np.float64 else torch.float32
-
-
-def _row_offsets(rows: int, cols: int) -> np.ndarray:
-    """Offsets that cut a flat ``[rows * cols]`` buffer into its rows."""
-    return np.arange(0, (rows + 1) * cols, cols, dtype=np.int64)
 
 
 # ------------------------------------------------------------------ GAE
@@ -453,50 +350,27 @@ def gae(
     """
     fn = "gae"
     call = _Call(fn)
-    gamma = _unit_interval(fn, gamma, "gamma")
-    lam = _unit_interval(fn, lam, "lam")
-    check_finite = _flag(fn, check_finite, "check_finite")
-    packed = cu_seqlens is not None
-    if packed:
-        call.no_mask_with_packed(mask)
-    layout = " [N] when cu_seqlens is given" if packed else " [B, T] (or pass cu_seqlens)"
-    r = call.floats(rewards, "rewards", ndim=1 if packed else 2, layout=layout)
-    call.not_empty(r, "rewards")
-    shape = r.shape
-    v = call.floats(values, "values", shape=shape, like=" (the shape of rewards)")
-    m = None if mask is None else call.mask(mask, "mask", shape, "rewards")
-    d = None if dones is None else call.mask(dones, "dones", shape, "rewards")
-    if cu_seqlens is not None:
-        offsets = call.offsets(cu_seqlens, "cu_seqlens", shape[0])
-    elif m is None:
-        offsets = _row_offsets(shape[0], shape[1])
-    else:
-        offsets = None
-    num_rows = shape[0] if offsets is None else offsets.shape[0] - 1
-    boot = call.optional_floats(
-        bootstrap_values, "bootstrap_values", shape=(num_rows,), like=" ([B], one per row)"
+    r = call.floats(rewards, "rewards")
+    outputs = (
+        call.output(advantages_out, "advantages_out", r.shape),
+        call.output(returns_out, "returns_out", r.shape),
     )
-    adv_out = call.output(advantages_out, "advantages_out", shape)
-    ret_out = call.output(returns_out, "returns_out", shape)
-    kwargs: dict[str, Any] = dict(
-        gamma=gamma, lam=lam, bootstrap_values=boot, check_finite=check_finite
+    adv, ret = _native_call(
+        fn,
+        _native.gae,
+        r,
+        call.floats(values, "values"),
+        call.mask(mask, "mask"),
+        cu_seqlens=call.offsets(cu_seqlens, "cu_seqlens"),
+        gamma=_real(fn, gamma, "gamma", "pass e.g. gamma=1.0"),
+        lam=_real(fn, lam, "lam", "pass e.g. lam=0.95"),
+        bootstrap_values=call.optional_floats(bootstrap_values, "bootstrap_values"),
+        dones=call.mask(dones, "dones"),
+        advantages_out=outputs[0].array,
+        returns_out=outputs[1].array,
+        check_finite=_flag(fn, check_finite, "check_finite"),
     )
-    if m is not None:
-        adv, ret = _native.gae(
-            r, v, m, dones=d, advantages_out=adv_out.array, returns_out=ret_out.array, **kwargs
-        )
-    else:
-        assert offsets is not None
-        adv, ret = _native.gae_packed(
-            r.reshape(-1),
-            v.reshape(-1),
-            offsets,
-            dones=None if d is None else d.reshape(-1),
-            advantages_out=adv_out.flat(),
-            returns_out=ret_out.flat(),
-            **kwargs,
-        )
-    return adv_out.finish(adv, shape), ret_out.finish(ret, shape)
+    return outputs[0].finish(adv, r.shape), outputs[1].finish(ret, r.shape)
 
 
 # ------------------------------------------------------------------ KL shaping
@@ -559,88 +433,43 @@ def kl_shaped_rewards(
     """
     fn = "kl_shaped_rewards"
     call = _Call(fn)
-    kl_coef = _non_negative(fn, kl_coef, "kl_coef", "0.05")
-    estimator = _choice(fn, estimator, "estimator", KL_ESTIMATORS)
-    if clamp is not None:
-        clamp = _real(fn, clamp, "clamp", "pass e.g. clamp=10.0 or None")
-        if not clamp > 0:
-            raise InvalidArgumentError(
-                f"{fn}: clamp must be > 0 (or None for no clamp), got {clamp}"
-            )
-    check_finite = _flag(fn, check_finite, "check_finite")
-    layout = " [B, T] (or pass cu_seqlens)" if cu_seqlens is None else " [N] with cu_seqlens"
-    lp = call.floats(logprobs, "logprobs", ndim=1 if cu_seqlens is not None else 2, layout=layout)
-    call.not_empty(lp, "logprobs")
-    shape = lp.shape
-    ref = call.floats(ref_logprobs, "ref_logprobs", shape=shape, like=" (the shape of logprobs)")
-    if cu_seqlens is not None:
-        call.no_mask_with_packed(mask)
-        offsets: np.ndarray | None = call.offsets(cu_seqlens, "cu_seqlens", shape[0])
-        m = None
-    elif mask is None:
-        offsets, m = _row_offsets(shape[0], shape[1]), None
-    else:
-        offsets, m = None, call.mask(mask, "mask", shape, "logprobs")
-    num_rows = shape[0] if offsets is None else offsets.shape[0] - 1
-    if scores is None:
-        s = np.zeros(num_rows, dtype=lp.dtype)
-    else:
-        s = call.floats(scores, "scores", shape=(num_rows,), like=" ([B], one per row)")
-    r_out = call.output(rewards_out, "rewards_out", shape)
-    k_out = call.output(kl_out, "kl_out", shape)
-    kwargs: dict[str, Any] = dict(
-        kl_coef=kl_coef, estimator=estimator, clamp=clamp, check_finite=check_finite
+    lp = call.floats(logprobs, "logprobs")
+    outputs = (
+        call.output(rewards_out, "rewards_out", lp.shape),
+        call.output(kl_out, "kl_out", lp.shape),
     )
-    if m is not None:
-        rewards, kl = _native.kl_shaped_rewards(
-            lp, ref, m, s, rewards_out=r_out.array, kl_out=k_out.array, **kwargs
-        )
-    else:
-        assert offsets is not None
-        rewards, kl = _native.kl_shaped_rewards_packed(
-            lp.reshape(-1),
-            ref.reshape(-1),
-            offsets,
-            s,
-            rewards_out=r_out.flat(),
-            kl_out=k_out.flat(),
-            **kwargs,
-        )
-    return r_out.finish(rewards, shape), k_out.finish(kl, shape)
+    rewards, kl = _native_call(
+        fn,
+        _native.kl_shaped_rewards,
+        lp,
+        call.floats(ref_logprobs, "ref_logprobs"),
+        call.mask(mask, "mask"),
+        call.optional_floats(scores, "scores"),
+        cu_seqlens=call.offsets(cu_seqlens, "cu_seqlens"),
+        kl_coef=_real(fn, kl_coef, "kl_coef", "pass e.g. kl_coef=0.05"),
+        estimator=_choice(fn, estimator, "estimator", "k1"),
+        clamp=None if clamp is None else _real(fn, clamp, "clamp", "pass e.g. clamp=10.0 or None"),
+        rewards_out=outputs[0].array,
+        kl_out=outputs[1].array,
+        check_finite=_flag(fn, check_finite, "check_finite"),
+    )
+    return outputs[0].finish(rewards, lp.shape), outputs[1].finish(kl, lp.shape)
 
 
 # ------------------------------------------------------------------ masked moments
-def _moment_inputs(
-    call: _Call, x: Any, mask: Any, cu_seqlens: Any
-) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    """``(values, mask, (start, stop))``: the elements that take part are
-    ``values[start:stop]`` where ``mask`` (if any) is 1."""
-    if cu_seqlens is None:
-        arr = call.floats(x, "x")
-        call.not_empty(arr, "x")
-        m = None if mask is None else call.mask(mask, "mask", arr.shape, "x")
-        return arr, m, (0, arr.size)
-    call.no_mask_with_packed(mask)
-    arr = call.floats(x, "x", ndim=1, layout=" [N] when cu_seqlens is given")
-    call.not_empty(arr, "x")
-    offsets = call.offsets(cu_seqlens, "cu_seqlens", arr.shape[0])
-    return arr, None, (int(offsets[0]), int(offsets[-1]))
-
-
 def _moments(
     fn: str, x: Any, mask: Any, cu_seqlens: Any, check_finite: bool, need: int
 ) -> tuple[_Call, int, float, float]:
     call = _Call(fn)
-    check_finite = _flag(fn, check_finite, "check_finite")
-    arr, m, (start, stop) = _moment_inputs(call, x, mask, cu_seqlens)
-    part = arr.reshape(-1)[start:stop] if m is None else arr
-    count, mean, m2 = _native.masked_moments(part, m, check_finite=check_finite)
-    if count < need:
-        what = "cu_seqlens" if cu_seqlens is not None else ("mask" if mask is not None else "x")
-        raise InvalidArgumentError(
-            f"{fn}: needs at least {need} element(s) taking part, but {what} selects "
-            f"{count} of x's {arr.size}; check that the mask is not all zeros"
-        )
+    count, mean, m2 = _native_call(
+        fn,
+        _native.masked_moments,
+        call.floats(x, "x"),
+        call.mask(mask, "mask"),
+        cu_seqlens=call.offsets(cu_seqlens, "cu_seqlens"),
+        min_count=need,
+        check_finite=_flag(fn, check_finite, "check_finite"),
+    )
     return call, count, mean, m2
 
 
@@ -751,31 +580,21 @@ def masked_whiten(
     """
     fn = "masked_whiten"
     call = _Call(fn)
-    shift_mean = _flag(fn, shift_mean, "shift_mean")
-    unbiased = _flag(fn, unbiased, "unbiased")
-    check_finite = _flag(fn, check_finite, "check_finite")
-    eps = _non_negative(fn, eps, "eps", "1e-8")
-    arr, m, (start, stop) = _moment_inputs(call, x, mask, cu_seqlens)
-    if m is None and stop - start < 2:
-        what = "x" if cu_seqlens is None else "cu_seqlens"
-        raise InvalidArgumentError(
-            f"{fn}: needs at least 2 elements taking part, but {what} selects "
-            f"{stop - start}; whiten a larger batch"
-        )
+    arr = call.floats(x, "x")
     result = call.output(out, "out", arr.shape)
-    kwargs: dict[str, Any] = dict(
-        shift_mean=shift_mean, unbiased=unbiased, eps=eps, check_finite=check_finite
+    whitened = _native_call(
+        fn,
+        _native.masked_whiten,
+        arr,
+        call.mask(mask, "mask"),
+        cu_seqlens=call.offsets(cu_seqlens, "cu_seqlens"),
+        shift_mean=_flag(fn, shift_mean, "shift_mean"),
+        unbiased=_flag(fn, unbiased, "unbiased"),
+        eps=_real(fn, eps, "eps", "pass e.g. eps=1e-8"),
+        out=result.array,
+        check_finite=_flag(fn, check_finite, "check_finite"),
     )
-    if m is not None or (start, stop) == (0, arr.size):
-        whitened = _native.masked_whiten(arr, m, out=result.array, **kwargs)
-        return result.finish(whitened, arr.shape)
-    # Packed with elements outside [cu_seqlens[0], cu_seqlens[-1]): whiten the part
-    # that takes part in place and zero the rest.
-    target = result.array if result.array is not None else np.empty_like(arr)
-    _native.masked_whiten(arr[start:stop], None, out=target[start:stop], **kwargs)
-    target[:start] = 0
-    target[stop:] = 0
-    return result.finish(target, arr.shape)
+    return result.finish(whitened, arr.shape)
 
 
 # ------------------------------------------------------------------ group advantages
@@ -821,37 +640,17 @@ def group_advantages(
     """
     fn = "group_advantages"
     call = _Call(fn)
-    normalize = _choice(fn, normalize, "normalize", NORMALIZE_MODES)
-    leave_one_out = _flag(fn, leave_one_out, "leave_one_out")
-    check_finite = _flag(fn, check_finite, "check_finite")
-    eps = _non_negative(fn, eps, "eps", "1e-6")
-    s = call.floats(scores, "scores", ndim=1, layout=" [N] (groups laid out one after another)")
-    call.not_empty(s, "scores")
-    group_size = _integer(fn, group_size, "group_size", 1, "4")
-    n = s.shape[0]
-    if n % group_size:
-        raise InvalidArgumentError(
-            f"{fn}: group_size={group_size} must divide the number of scores N={n}; "
-            "lay the scores out as num_groups * group_size"
-        )
-    if leave_one_out and group_size < 2:
-        raise InvalidArgumentError(
-            f"{fn}: leave_one_out needs group_size >= 2 (the baseline is the mean of the "
-            f"others), got group_size={group_size}"
-        )
-    if normalize == "std" and group_size < 2:
-        raise InvalidArgumentError(
-            f"{fn}: normalize='std' needs group_size >= 2 (a group of one has no spread), "
-            "got group_size=1; pass normalize='none'"
-        )
+    s = call.floats(scores, "scores")
     staging = call.output(None, "out", s.shape)
-    adv = _native.group_advantages(
+    adv = _native_call(
+        fn,
+        _native.group_advantages,
         s,
-        group_size=group_size,
-        normalize=normalize,
-        leave_one_out=leave_one_out,
-        eps=eps,
-        check_finite=check_finite,
+        group_size=_integer(fn, group_size, "group_size", "4"),
+        normalize=_choice(fn, normalize, "normalize", "std"),
+        leave_one_out=_flag(fn, leave_one_out, "leave_one_out"),
+        eps=_real(fn, eps, "eps", "pass e.g. eps=1e-6"),
+        check_finite=_flag(fn, check_finite, "check_finite"),
     )
     if staging.array is not None:
         staging.array[...] = adv
@@ -867,14 +666,9 @@ def _ragged_parts(
     helper = _Call(fn)
     if offsets is not None:
         values = helper._to_numpy(sequences, "sequences")
-        if values.ndim != 1:
-            raise InvalidArgumentError(
-                f"{fn}: with offsets, sequences must be the flat 1-D values, got shape "
-                f"{values.shape}"
-            )
         first = sequences
         flat = np.ascontiguousarray(values)
-        offs = helper.offsets(offsets, "offsets", flat.shape[0])
+        offs = helper.offsets(offsets, "offsets")
     else:
         if (
             _is_tensor(sequences)
@@ -914,11 +708,6 @@ def _ragged_parts(
     view_dtype = None
     if flat.dtype == np.bool_:
         view_dtype, flat = flat.dtype, flat.view(np.uint8)
-    if flat.dtype not in _RAGGED_DTYPES:
-        names = ", ".join(str(d) for d in _RAGGED_DTYPES)
-        raise InvalidDtypeError(
-            f"{fn}: sequences must hold one of {names} or bool, got {flat.dtype}; cast them"
-        )
     if not flat.dtype.isnative:
         flat = flat.astype(flat.dtype.newbyteorder("="))
     return flat, offs, first, view_dtype
@@ -970,26 +759,25 @@ def pad_ragged(
                [False, False,  True]])
     """
     fn = "pad_ragged"
-    side = _choice(fn, side, "side", PAD_SIDES)
+    side = _choice(fn, side, "side", "right")
     pad = _real(fn, pad_value, "pad_value", "pass e.g. pad_value=0")
-    length = None if max_length is None else _integer(fn, max_length, "max_length", 0, "512")
+    length = None if max_length is None else _integer(fn, max_length, "max_length", "512")
     flat, offs, first, view_dtype = _ragged_parts(fn, sequences, offsets)
-    rows = None
-    if indices is not None:
-        idx = _Call(fn)._to_numpy(indices, "indices")
-        if idx.dtype.kind not in "iu" or idx.ndim != 1:
-            raise InvalidArgumentError(
-                f"{fn}: indices must be a 1-D integer array of row numbers, got "
-                f"{_describe(indices)}"
-            )
-        rows = np.ascontiguousarray(idx, dtype=np.int64)
+    rows = _Call(fn).offsets(indices, "indices")
     if view_dtype is not None and pad not in (0.0, 1.0):
         raise InvalidArgumentError(
             f"{fn}: pad_value must be 0 or 1 (False/True) for bool sequences, got {pad_value!r}"
         )
     native_pad: float = int(pad) if pad.is_integer() else pad
-    padded, mask = _native.pad_ragged(
-        flat, offs, pad_value=native_pad, side=side, length=length, indices=rows
+    padded, mask = _native_call(
+        fn,
+        _native.pad_ragged,
+        flat,
+        offs,
+        pad_value=native_pad,
+        side=side,
+        length=length,
+        indices=rows,
     )
     if view_dtype is not None:
         padded = padded.view(view_dtype)
@@ -1029,11 +817,14 @@ def minibatch_indices(
         ([2, 2, 1], [0, 1, 2, 3, 4])
     """
     fn = "minibatch_indices"
-    n = _integer(fn, n, "n", 1, "len(buffer)")
-    minibatch_size = _integer(fn, minibatch_size, "minibatch_size", 1, "64")
-    seed = _seed(fn, seed)
-    drop_last = _flag(fn, drop_last, "drop_last")
-    return _native.minibatch_indices(n, minibatch_size, seed=seed, drop_last=drop_last)
+    return _native_call(
+        fn,
+        _native.minibatch_indices,
+        _integer(fn, n, "n", "len(buffer)"),
+        _integer(fn, minibatch_size, "minibatch_size", "64"),
+        seed=_integer(fn, seed, "seed", "0"),
+        drop_last=_flag(fn, drop_last, "drop_last"),
+    )
 
 
 def permutation(n: int, seed: int) -> np.ndarray:
@@ -1044,11 +835,9 @@ def permutation(n: int, seed: int) -> np.ndarray:
         [0, 1, 2, 3]
     """
     fn = "permutation"
-    return _native.permutation(_integer(fn, n, "n", 1, "len(buffer)"), seed=_seed(fn, seed))
-
-
-def _seed(fn: str, seed: Any) -> int:
-    seed = _integer(fn, seed, "seed", 0, "0")
-    if seed >= 2**64:
-        raise InvalidArgumentError(f"{fn}: seed must be < 2**64, got {seed}")
-    return seed
+    return _native_call(
+        fn,
+        _native.permutation,
+        _integer(fn, n, "n", "len(buffer)"),
+        seed=_integer(fn, seed, "seed", "0"),
+    )

@@ -15,7 +15,7 @@ impl Side {
         match name {
             "right" => Ok(Self::Right),
             "left" => Ok(Self::Left),
-            other => Err(KernelError::invalid(format!("side must be 'right' or 'left', got {other:?}"))),
+            other => Err(KernelError::invalid(format!("side must be 'right' or 'left', got '{other}'"))),
         }
     }
 }

@@ -21,7 +21,7 @@ impl Normalize {
             "std" => Ok(Self::Std),
             "none" => Ok(Self::None),
             other => Err(KernelError::invalid(format!(
-                "normalize must be 'std' or 'none', got {other:?}"
+                "normalize must be 'std' or 'none', got '{other}'"
             ))),
         }
     }

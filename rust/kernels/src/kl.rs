@@ -32,7 +32,7 @@ impl Estimator {
             "k2" => Ok(Self::K2),
             "k3" => Ok(Self::K3),
             other => Err(KernelError::invalid(format!(
-                "estimator must be one of {}, got {other:?}",
+                "estimator must be one of {}, got '{other}'",
                 Self::NAMES
             ))),
         }

@@ -178,7 +178,7 @@ pub fn masked_whiten<T: Float>(
     let moments = masked_moments(x, mask, params.check_finite)?;
     if moments.count < 2 {
         return Err(KernelError::invalid(format!(
-            "whitening needs at least 2 elements inside the mask, got {}",
+            "whitening needs at least 2 elements taking part (inside the mask, if any), got {}",
             moments.count
         )));
     }

@@ -23,6 +23,14 @@ fn untyped<'a, 'py>(obj: &'a Bound<'py, PyAny>, name: &str) -> PyResult<&'a Boun
     })
 }
 
+/// A shape as Python prints it: `(3, 4)`, `(3,)`.
+pub fn fmt_shape(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!("({})", shape.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    }
+}
+
 pub fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
     obj.getattr("dtype").and_then(|d| d.str()).map_or_else(|_| "?".to_owned(), |s| s.to_string())
 }
@@ -73,13 +81,18 @@ pub fn readonly<'py, T: Element>(
         .map_err(|_| invalid_argument(format!("{name} is being written elsewhere (it shares memory with an output)")))
 }
 
-/// The contiguous data of a read-only view.
+/// The contiguous data of a read-only view. Only C order: `as_slice` also takes a
+/// Fortran-ordered array, whose elements would be read in the wrong order.
 pub fn slice<'a, T: Element>(arr: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    arr.as_slice().map_err(|_| {
+    let not_c = || {
         invalid_argument(format!(
             "{name} must be C-contiguous; pass np.ascontiguousarray({name}) (rlhf_fast.ops does this for you)"
         ))
-    })
+    };
+    if !arr.is_c_contiguous() {
+        return Err(not_c());
+    }
+    arr.as_slice().map_err(|_| not_c())
 }
 
 /// An output array: `given` (checked for shape, dtype, contiguity and aliasing)
@@ -103,8 +116,13 @@ pub fn output<'py, T: Element>(
             })?;
             if got != shape {
                 return Err(invalid_argument(format!(
-                    "{name} must have shape {shape:?} (that of {like}), got {got:?}"
+                    "{name} must have shape {} (that of {like}), got {}",
+                    fmt_shape(shape),
+                    fmt_shape(&got)
                 )));
+            }
+            if !obj.getattr("flags")?.getattr("writeable")?.is_truthy()? {
+                return Err(invalid_argument(format!("{name} is read-only; pass a writeable array")));
             }
             arr.clone()
         }
@@ -125,7 +143,11 @@ pub fn output<'py, T: Element>(
 pub fn expect_shape(obj: &Bound<'_, PyAny>, name: &str, expected: &[usize], what: &str) -> PyResult<()> {
     let got = shape_of(obj, name)?;
     if got != expected {
-        return Err(invalid_argument(format!("{name} must have shape {expected:?} ({what}), got {got:?}")));
+        return Err(invalid_argument(format!(
+            "{name} must have shape {} ({what}), got {}",
+            fmt_shape(expected),
+            fmt_shape(&got)
+        )));
     }
     Ok(())
 }
@@ -135,8 +157,9 @@ pub fn expect_ndim(obj: &Bound<'_, PyAny>, name: &str, ndim: usize, layout: &str
     let shape = shape_of(obj, name)?;
     if shape.len() != ndim {
         return Err(invalid_argument(format!(
-            "{name} must be {ndim}-D {layout}, got {}-D with shape {shape:?}",
-            shape.len()
+            "{name} must be {ndim}-D {layout}, got {}-D with shape {}",
+            shape.len(),
+            fmt_shape(&shape)
         )));
     }
     Ok(shape)
@@ -178,29 +201,35 @@ pub struct RowLayout<'py> {
 }
 
 impl<'py> RowLayout<'py> {
-    /// Checks `first` (named `name`) has the dimensions its layout needs.
+    /// Checks `first` (named `name`) has the dimensions its layout needs and holds
+    /// at least one element.
     pub fn parse(first: &Bound<'py, PyAny>, name: &str, cu_seqlens: Option<&Bound<'py, PyAny>>) -> PyResult<Self> {
         let shape = match cu_seqlens {
-            Some(_) => expect_ndim(first, name, 1, "[N] (packed rows)")?,
-            None => expect_ndim(first, name, 2, "[B, T]")?,
+            Some(_) => expect_ndim(first, name, 1, "[N] when cu_seqlens is given")?,
+            None => expect_ndim(first, name, 2, "[B, T] (or [N] with cu_seqlens)")?,
         };
+        not_empty(name, &shape)?;
         let offsets = cu_seqlens.map(|c| int64(c, "cu_seqlens")).transpose()?;
         Ok(Self { shape, offsets })
     }
 
-    /// The rows, refusing a batch without any (`name` is the leading argument).
-    pub fn rows(&self, name: &str) -> PyResult<rlhf_fast_kernels::Rows<'_>> {
+    /// The rows: padded `[B, T]`, or packed by `cu_seqlens` (checked by the kernel).
+    pub fn rows(&self) -> PyResult<rlhf_fast_kernels::Rows<'_>> {
         use rlhf_fast_kernels::Rows;
-        let rows = match &self.offsets {
+        Ok(match &self.offsets {
             Some(o) => Rows::Packed { offsets: slice(o, "cu_seqlens")? },
             None => Rows::Padded { rows: self.shape[0], cols: self.shape[1] },
-        };
-        if rows.num_rows() == 0 {
-            return Err(invalid_argument(match self.offsets {
-                Some(_) => "cu_seqlens must describe at least one row (hold >= 2 offsets)".to_owned(),
-                None => format!("{name} must hold at least one row, got shape {:?}", self.shape),
-            }));
-        }
-        Ok(rows)
+        })
     }
+}
+
+/// Refuses an input without elements, naming it.
+pub fn not_empty(name: &str, shape: &[usize]) -> PyResult<()> {
+    if shape.iter().product::<usize>() == 0 {
+        return Err(invalid_argument(format!(
+            "{name} is empty (shape {}); pass at least one row with at least one element",
+            fmt_shape(shape)
+        )));
+    }
+    Ok(())
 }

@@ -54,12 +54,12 @@ fn run<'py, E: PadValue>(
 ) -> PyResult<Padded<'py>> {
     let pad = E::from_pad(pad_value).ok_or_else(|| {
         invalid_argument(format!(
-            "pad_value {pad_value} cannot be stored exactly in dtype {} of values",
+            "pad_value {pad_value} cannot be stored exactly in dtype {} of sequences",
             dtype_name(values)
         ))
     })?;
-    let v = readonly::<E>(values, "values", None)?;
-    let vs = slice(&v, "values")?;
+    let v = readonly::<E>(values, "sequences", None)?;
+    let vs = slice(&v, "sequences")?;
     let sel = Selection { offsets, indices };
     let (rows, len) = sel.padded_shape(vs.len(), length).map_err(from_kernel)?;
     // `pad_ragged` writes every element of both outputs.
@@ -92,7 +92,7 @@ pub fn pad_ragged<'py>(
         Some(l) if l < 0 => return Err(invalid_argument(format!("max_length must be >= 0, got {l}"))),
         l => l.map(|l| l as usize),
     };
-    expect_ndim(values, "values", 1, "[N] (all rows back to back)")?;
+    expect_ndim(values, "sequences", 1, "[N] (the rows back to back, with offsets)")?;
     let off = int64(offsets, "offsets")?;
     let off = slice(&off, "offsets")?;
     let idx = indices.map(|i| int64(i, "indices")).transpose()?;
@@ -107,7 +107,7 @@ pub fn pad_ragged<'py>(
     }
     try_dtype!(f32, f64, i64, i32, u8);
     Err(invalid_dtype(format!(
-        "values must have dtype float32, float64, int64, int32 or uint8, got {}",
+        "sequences must hold float32, float64, int64, int32, uint8 or bool, got {}; cast them",
         dtype_name(values)
     )))
 }

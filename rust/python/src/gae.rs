@@ -1,4 +1,5 @@
-//! Binding of `rlhf_fast_kernels::gae`: padded `[B, T]` + mask, or packed + `cu_seqlens`.
+//! Binding of `rlhf_fast_kernels::gae`: one entry for padded `[B, T]` (+ mask) and
+//! packed `[N]` + `cu_seqlens` rows.
 
 use numpy::Element;
 use pyo3::prelude::*;
@@ -30,7 +31,7 @@ fn run<'py, T: Float + Element>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<
     expect_shape(a.values, "values", &shape, "that of rewards")?;
     let mask = flags(a.mask, "mask", &shape, "rewards")?;
     let dones = flags(a.dones, "dones", &shape, "rewards")?;
-    let rows = layout.rows("rewards")?;
+    let rows = layout.rows()?;
     let bootstrap = a
         .bootstrap_values
         .map(|b| {
@@ -62,14 +63,15 @@ fn dispatch<'py>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<Pair<'py>> {
     }
 }
 
-/// Padded GAE; see `_native.pyi`.
+/// GAE over padded or packed rows; see `_native.pyi`.
 #[pyfunction]
-#[pyo3(signature = (rewards, values, mask, *, gamma, lam, bootstrap_values=None, dones=None, advantages_out=None, returns_out=None, check_finite=true))]
+#[pyo3(signature = (rewards, values, mask=None, *, cu_seqlens=None, gamma, lam, bootstrap_values=None, dones=None, advantages_out=None, returns_out=None, check_finite=true))]
 pub fn gae<'py>(
     py: Python<'py>,
     rewards: &Bound<'py, PyAny>,
     values: &Bound<'py, PyAny>,
-    mask: &Bound<'py, PyAny>,
+    mask: Option<&Bound<'py, PyAny>>,
+    cu_seqlens: Option<&Bound<'py, PyAny>>,
     gamma: f64,
     lam: f64,
     bootstrap_values: Option<&Bound<'py, PyAny>>,
@@ -79,25 +81,5 @@ pub fn gae<'py>(
     check_finite: bool,
 ) -> PyResult<Pair<'py>> {
     let params = GaeParams { gamma, lam, check_finite };
-    dispatch(py, &Args { rewards, values, mask: Some(mask), cu_seqlens: None, params, bootstrap_values, dones, advantages_out, returns_out })
-}
-
-/// Packed GAE; see `_native.pyi`.
-#[pyfunction]
-#[pyo3(signature = (rewards, values, cu_seqlens, *, gamma, lam, bootstrap_values=None, dones=None, advantages_out=None, returns_out=None, check_finite=true))]
-pub fn gae_packed<'py>(
-    py: Python<'py>,
-    rewards: &Bound<'py, PyAny>,
-    values: &Bound<'py, PyAny>,
-    cu_seqlens: &Bound<'py, PyAny>,
-    gamma: f64,
-    lam: f64,
-    bootstrap_values: Option<&Bound<'py, PyAny>>,
-    dones: Option<&Bound<'py, PyAny>>,
-    advantages_out: Option<&Bound<'py, PyAny>>,
-    returns_out: Option<&Bound<'py, PyAny>>,
-    check_finite: bool,
-) -> PyResult<Pair<'py>> {
-    let params = GaeParams { gamma, lam, check_finite };
-    dispatch(py, &Args { rewards, values, mask: None, cu_seqlens: Some(cu_seqlens), params, bootstrap_values, dones, advantages_out, returns_out })
+    dispatch(py, &Args { rewards, values, mask, cu_seqlens, params, bootstrap_values, dones, advantages_out, returns_out })
 }

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use rlhf_fast_kernels::group::{self as kernel, GroupParams, Normalize};
 use rlhf_fast_kernels::Float;
 
-use crate::arrays::{expect_ndim, float_kind, output, readonly, slice, FloatKind};
+use crate::arrays::{expect_ndim, float_kind, not_empty, output, readonly, slice, FloatKind};
 use crate::errors::{from_kernel, invalid_argument};
 
 fn run<'py, T: Float + Element>(
@@ -13,7 +13,8 @@ fn run<'py, T: Float + Element>(
     scores: &Bound<'py, PyAny>,
     params: GroupParams,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let shape = expect_ndim(scores, "scores", 1, "[N]")?;
+    let shape = expect_ndim(scores, "scores", 1, "[N] (groups laid out one after another)")?;
+    not_empty("scores", &shape)?;
     let s = readonly::<T>(scores, "scores", None)?;
     let (out_obj, mut out) = output::<T>(py, None, "out", &shape, "scores")?;
     let s = slice(&s, "scores")?;
@@ -34,11 +35,11 @@ pub fn group_advantages<'py>(
     eps: f64,
     check_finite: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if group_size < 1 {
-        return Err(invalid_argument(format!("group_size must be >= 1, got {group_size}")));
-    }
+    // A negative size cannot be a usize; the kernel refuses 0 with the same words.
+    let group_size = usize::try_from(group_size)
+        .map_err(|_| invalid_argument(format!("group_size must be >= 1, got {group_size}")))?;
     let normalize = Normalize::parse(normalize).map_err(from_kernel)?;
-    let params = GroupParams { group_size: group_size as usize, normalize, leave_one_out, eps, check_finite };
+    let params = GroupParams { group_size, normalize, leave_one_out, eps, check_finite };
     match float_kind(scores, "scores")? {
         FloatKind::F32 => run::<f32>(py, scores, params),
         FloatKind::F64 => run::<f64>(py, scores, params),

@@ -1,4 +1,5 @@
-//! Binding of `rlhf_fast_kernels::kl`: KL estimates and KL-shaped rewards.
+//! Binding of `rlhf_fast_kernels::kl`: KL-shaped rewards, one entry for padded
+//! `[B, T]` (+ mask) and packed `[N]` + `cu_seqlens` rows.
 
 use numpy::Element;
 use pyo3::prelude::*;
@@ -15,7 +16,7 @@ struct Args<'a, 'py> {
     ref_logprobs: &'a Bound<'py, PyAny>,
     mask: Option<&'a Bound<'py, PyAny>>,
     cu_seqlens: Option<&'a Bound<'py, PyAny>>,
-    scores: &'a Bound<'py, PyAny>,
+    scores: Option<&'a Bound<'py, PyAny>>,
     params: KlParams,
     rewards_out: Option<&'a Bound<'py, PyAny>>,
     kl_out: Option<&'a Bound<'py, PyAny>>,
@@ -28,16 +29,25 @@ fn run<'py, T: Float + Element>(py: Python<'py>, a: &Args<'_, 'py>) -> PyResult<
     let ref_logprobs = readonly::<T>(a.ref_logprobs, "ref_logprobs", Some("logprobs"))?;
     expect_shape(a.ref_logprobs, "ref_logprobs", &shape, "that of logprobs")?;
     let mask = flags(a.mask, "mask", &shape, "logprobs")?;
-    let rows = layout.rows("logprobs")?;
-    expect_shape(a.scores, "scores", &[rows.num_rows()], "one per row")?;
-    let scores = readonly::<T>(a.scores, "scores", Some("logprobs"))?;
+    let rows = layout.rows()?;
+    let given_scores = a
+        .scores
+        .map(|s| {
+            expect_shape(s, "scores", &[rows.num_rows()], "[B], one per row")?;
+            readonly::<T>(s, "scores", Some("logprobs"))
+        })
+        .transpose()?;
+    let no_scores = vec![T::ZERO; if given_scores.is_some() { 0 } else { rows.num_rows() }];
     let (rew_obj, mut rew) = output::<T>(py, a.rewards_out, "rewards_out", &shape, "logprobs")?;
     let (kl_obj, mut kl) = output::<T>(py, a.kl_out, "kl_out", &shape, "logprobs")?;
     let inputs = KlInputs {
         logprobs: slice(&logprobs, "logprobs")?,
         ref_logprobs: slice(&ref_logprobs, "ref_logprobs")?,
         mask: mask.as_ref().map(|m| slice(m, "mask")).transpose()?,
-        scores: slice(&scores, "scores")?,
+        scores: match &given_scores {
+            Some(s) => slice(s, "scores")?,
+            None => &no_scores,
+        },
         rows,
     };
     let rew_s = rew.as_slice_mut().map_err(|_| invalid_argument("rewards_out must be C-contiguous"))?;
@@ -59,15 +69,16 @@ fn params(kl_coef: f64, estimator: &str, clamp: Option<f64>, check_finite: bool)
     Ok(KlParams { kl_coef, estimator, clamp, check_finite })
 }
 
-/// Padded KL shaping; see `_native.pyi`.
+/// KL shaping over padded or packed rows; see `_native.pyi`.
 #[pyfunction]
-#[pyo3(signature = (logprobs, ref_logprobs, mask, scores, *, kl_coef, estimator="k1", clamp=None, rewards_out=None, kl_out=None, check_finite=true))]
+#[pyo3(signature = (logprobs, ref_logprobs, mask=None, scores=None, *, cu_seqlens=None, kl_coef, estimator="k1", clamp=None, rewards_out=None, kl_out=None, check_finite=true))]
 pub fn kl_shaped_rewards<'py>(
     py: Python<'py>,
     logprobs: &Bound<'py, PyAny>,
     ref_logprobs: &Bound<'py, PyAny>,
-    mask: &Bound<'py, PyAny>,
-    scores: &Bound<'py, PyAny>,
+    mask: Option<&Bound<'py, PyAny>>,
+    scores: Option<&Bound<'py, PyAny>>,
+    cu_seqlens: Option<&Bound<'py, PyAny>>,
     kl_coef: f64,
     estimator: &str,
     clamp: Option<f64>,
@@ -76,25 +87,5 @@ pub fn kl_shaped_rewards<'py>(
     check_finite: bool,
 ) -> PyResult<Pair<'py>> {
     let params = params(kl_coef, estimator, clamp, check_finite)?;
-    dispatch(py, &Args { logprobs, ref_logprobs, mask: Some(mask), cu_seqlens: None, scores, params, rewards_out, kl_out })
-}
-
-/// Packed KL shaping; see `_native.pyi`.
-#[pyfunction]
-#[pyo3(signature = (logprobs, ref_logprobs, cu_seqlens, scores, *, kl_coef, estimator="k1", clamp=None, rewards_out=None, kl_out=None, check_finite=true))]
-pub fn kl_shaped_rewards_packed<'py>(
-    py: Python<'py>,
-    logprobs: &Bound<'py, PyAny>,
-    ref_logprobs: &Bound<'py, PyAny>,
-    cu_seqlens: &Bound<'py, PyAny>,
-    scores: &Bound<'py, PyAny>,
-    kl_coef: f64,
-    estimator: &str,
-    clamp: Option<f64>,
-    rewards_out: Option<&Bound<'py, PyAny>>,
-    kl_out: Option<&Bound<'py, PyAny>>,
-    check_finite: bool,
-) -> PyResult<Pair<'py>> {
-    let params = params(kl_coef, estimator, clamp, check_finite)?;
-    dispatch(py, &Args { logprobs, ref_logprobs, mask: None, cu_seqlens: Some(cu_seqlens), scores, params, rewards_out, kl_out })
+    dispatch(py, &Args { logprobs, ref_logprobs, mask, cu_seqlens, scores, params, rewards_out, kl_out })
 }

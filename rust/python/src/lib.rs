@@ -39,9 +39,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(gae::gae, m)?)?;
-    m.add_function(wrap_pyfunction!(gae::gae_packed, m)?)?;
     m.add_function(wrap_pyfunction!(kl::kl_shaped_rewards, m)?)?;
-    m.add_function(wrap_pyfunction!(kl::kl_shaped_rewards_packed, m)?)?;
     m.add_function(wrap_pyfunction!(whiten::masked_moments, m)?)?;
     m.add_function(wrap_pyfunction!(whiten::masked_whiten, m)?)?;
     m.add_function(wrap_pyfunction!(group::group_advantages, m)?)?;
