@@ -207,3 +207,14 @@ def test_generation_with_left_padding_matches_unpadded(tok, lm):
     alone = step_scores(["review the lamp :"])
     padded = step_scores(["review the lamp :", "write a short positive review of the lamp : it is"])
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_value_head_starts_at_zero_and_saves(tmp_path, tok, lm):
+    model = PolicyWithValueHead(frozen_copy(lm), value_hidden=16).eval()
+    (ids, mask), _ = _both_paddings(tok, ["review the lamp : great ."])
+    with torch.no_grad():
+        _, values, _ = model(ids, mask)
+    assert values.abs().max() == 0  # no made-up baseline before training
+    assert sum(p.numel() for p in model.value_head.parameters()) == 64 * 16 + 16 + 16 + 1
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "value_head.safetensors").is_file()

@@ -164,12 +164,32 @@ def test_ppo_smoke_run(tmp_path, stage_dirs):
     assert load_causal_lm(result["policy_dir"], trainer.tokenizer) is not None
 
 
-def test_ppo_shared_trunk_and_adaptive_kl(tmp_path, stage_dirs):
-    cfg = ppo_config(stage_dirs, tmp_path, shared_value_trunk=True, target_kl=1.0, max_steps=1)
+def test_ppo_separate_critic_linear_head_and_adaptive_kl(tmp_path, stage_dirs):
+    cfg = ppo_config(
+        stage_dirs,
+        tmp_path,
+        shared_value_trunk=False,
+        value_head_hidden=0,
+        group_by_length=False,
+        target_kl=1.0,
+        max_steps=2,
+    )
     trainer = PPOTrainer(cfg, prompts=PROMPTS)
-    assert trainer.model.shared_trunk
+    assert not trainer.model.shared_trunk
+    assert isinstance(trainer.model.value_head, torch.nn.Linear)
     result = trainer.train()
     assert result["objective/kl_coef"] != cfg.kl_coef  # the controller moved
+    assert math.isfinite(result["val/explained_variance"])
+
+
+def test_ppo_defaults_share_the_trunk_with_an_mlp_value_head(tmp_path, stage_dirs):
+    trainer = PPOTrainer(ppo_config(stage_dirs, tmp_path, max_steps=1), prompts=PROMPTS)
+    assert trainer.model.shared_trunk and trainer.config.group_by_length
+    assert isinstance(trainer.model.value_head, torch.nn.Sequential)
+    kinds = {type(m).__name__ for m in trainer.model.modules()}
+    assert "NewGELUActivation" not in kinds  # fused GELUs
+    with pytest.raises(InvalidArgumentError, match="value_head_hidden"):
+        PPOTrainer(ppo_config(stage_dirs, tmp_path, value_head_hidden=-1), prompts=PROMPTS)
 
 
 def _sft_weights(tmp_path, resume):

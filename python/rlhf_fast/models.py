@@ -256,14 +256,24 @@ class PolicyWithValueHead(nn.Module):
     where a logprob is needed.
     """
 
-    def __init__(self, policy: nn.Module, critic: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self, policy: nn.Module, critic: Optional[nn.Module] = None, value_hidden: int = 0
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic
         width = hidden_size_of(critic if critic is not None else policy)
-        self.value_head = nn.Linear(width, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        if value_hidden > 0:  # a small MLP: more room to read values off shared features
+            self.value_head: nn.Module = nn.Sequential(
+                nn.Linear(width, value_hidden), nn.Tanh(), nn.Linear(value_hidden, 1)
+            )
+        else:
+            self.value_head = nn.Linear(width, 1)
+        last = (
+            self.value_head[-1] if isinstance(self.value_head, nn.Sequential) else self.value_head
+        )
+        nn.init.zeros_(last.weight)  # values start at 0: no made-up baseline
+        nn.init.zeros_(last.bias)
 
     @property
     def shared_trunk(self) -> bool:
@@ -305,7 +315,8 @@ class PolicyWithValueHead(nn.Module):
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Value head on hidden states ``[..., H]`` -> ``[...]`` float32."""
-        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        dtype = next(self.value_head.parameters()).dtype
+        return self.value_head(hidden.to(dtype)).squeeze(-1).float()
 
     @torch.no_grad()
     def generate(self, **kwargs: Any) -> torch.Tensor:

@@ -5,15 +5,21 @@ r"""PPO with a value head and a per-token KL penalty against a frozen reference.
     torchrun --nproc-per-node 2 -m rlhf_fast.cli ppo ...   # DDP, rollouts split by rank
 
 One iteration (Ziegler et al. 2019; Ouyang et al. 2022), each step a plain function call:
-  1. rollout: sample responses with the policy (``generate``: KV cache, batched, stop at
-     ``<eos>``, at most ``max_new_tokens``);
-  2. score: reward model on prompt + response; policy, reference logprobs and values of
-     the response tokens (one forward each);
+  1. rollout: ``sampling.sample_responses`` (KV cache, batched, stop at ``<eos>``, at most
+     ``max_new_tokens``) also returns the behaviour logprobs and, with a shared trunk, the
+     values, read off the sampling pass: no second policy forward;
+  2. score: reward model on prompt + response, reference logprobs of the response tokens
+     (``models.next_token_logprobs``: the LM head only where a response token is
+     predicted), the separate critic's values when there is one;
   3. per-token math in Rust (``rlhf_fast.ops``): ``kl_shaped_rewards`` -> ``gae`` ->
-     ``masked_whiten`` of the advantages;
-  4. ``ppo_epochs`` passes over shuffled minibatches from the ``RolloutBuffer``: clipped
+     ``masked_whiten`` of the advantages, with bool masks;
+  4. ``ppo_epochs`` passes over shuffled minibatches from the ``RolloutBuffer`` (filled by
+     one masked selection; ``group_by_length`` minibatches carry less padding): clipped
      surrogate + clipped value loss (- entropy bonus), gradient clipping, AdamW;
   5. KL controller update, metrics (TRL's names), checkpoint.
+Where the time goes is torch work, so the trainer does less of it: one forward per model
+per rollout, logits only on response positions, fused GELUs (``models.fuse_activations``),
+less padding; ``benches/e2e_ppo.py --lever-table`` measures each of these alone.
 Deviation from TRL: the reward model's score is normalised by its held-out mean/std
 (``normalize_scores``) so that ``kl_coef`` means the same thing whatever the RM scale.
 On several ranks ``rollout_batch_size`` and ``minibatch_size`` stay global: each rank
@@ -74,7 +80,12 @@ class PPOSettings(StageSettings):
         "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk.",
     )
     shared_value_trunk: bool = option(
-        False, "Read values from the policy's own trunk instead of a separate critic."
+        True,
+        "Read values from the policy's own trunk (one forward and backward per minibatch, "
+        "not two); off: a separate critic trunk.",
+    )
+    value_head_hidden: int = option(
+        256, "Hidden width of the MLP value head (tanh); 0: a linear head."
     )
     prompt_field: str = option("prompt", "Name of the prompt field in the prompts file.")
     max_steps: int = option(100, "RL train steps: rollout + PPO epochs, this many times.")
@@ -82,7 +93,7 @@ class PPOSettings(StageSettings):
     minibatch_size: int = option(16, "Responses per PPO minibatch (over all ranks).")
     ppo_epochs: int = option(4, "Passes over each rollout.")
     group_by_length: bool = option(
-        False,
+        True,
         "Minibatches of responses of similar length (less padding); the order stays seeded-random.",
     )
     learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
@@ -194,6 +205,10 @@ class PPOTrainer:
                 "rollout_batch_size >= 2, minibatch_size, max_steps, ppo_epochs >= 1 expected, got "
                 f"{cfg.rollout_batch_size}, {cfg.minibatch_size}, {cfg.max_steps}, {cfg.ppo_epochs}"
             )
+        if cfg.value_head_hidden < 0:
+            raise InvalidArgumentError(
+                f"value_head_hidden: expected >= 0 (0: a linear head), got {cfg.value_head_hidden}"
+            )
         self.config, self.sample_metrics = cfg, sample_metrics
         self.device = dist.init_distributed(resolve_device(cfg.device))
         dist.per_rank("rollout_batch_size", cfg.rollout_batch_size)
@@ -224,20 +239,16 @@ class PPOTrainer:
             self.reference = None
         else:
             self.reference = frozen_copy(policy).to(self.device)
-        self.model = PolicyWithValueHead(policy, critic).to(self.device)
+        self.model = PolicyWithValueHead(policy, critic, cfg.value_head_hidden).to(self.device)
         self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the PPO updates only
         self.reward_model = fuse_activations(RewardModel.from_pretrained(cfg.reward_model))
         self.reward_model.to(self.device).eval()
         for p in self.reward_model.parameters():
             p.requires_grad_(False)
-        if prompts is None:
-            from rlhf_fast.data import load_prompts
+        if prompts is None:  # loaded and checked against the policy's context
+            from rlhf_fast.preflight import ppo_prompts
 
-            if not cfg.prompts:
-                raise InvalidArgumentError("prompts: expected a path to a prompts file, got ''")
-            prompts = load_prompts(
-                cfg.prompts, field=cfg.prompt_field, skip_invalid=cfg.skip_invalid
-            )
+            prompts = ppo_prompts(cfg)
         self.n_skipped = skipped_count(prompts)
         if len(prompts) == 0:
             raise InvalidArgumentError("prompts: expected at least one prompt, got none")
