@@ -11,7 +11,9 @@ AdamW step per rollout; float32 (TRL's ``GRPOConfig`` defaults to bf16, which th
 emulates at many times the cost: ``bf16=False`` here); CPU, 2 torch threads.
 
 Each trainer runs in its own process: one warm-up step, then ``--steps`` timed ones (median
-reported), and ``whole_run_s``, from building the trainer to the end of the last step.
+reported, wall and CPU seconds), and ``whole_run_s``, from building the trainer to the end of
+the last step. On a shared machine the CPU seconds of a one-thread run (``--threads 1``) are
+the steadier measure of the work each side does.
 
     .venv-bench/bin/python benches/e2e_grpo.py --output benches/results/e2e_grpo.json
 """
@@ -67,17 +69,18 @@ def run_rlhf_fast(steps: int, workdir: Path) -> dict[str, Any]:
         progress=False, normalize_scores=False,
     )
     trainer = GRPOTrainer(config, prompts=prompts(PROMPTS_PER_STEP * (steps + 1)))
-    durations, tokens = [], []
+    durations, cpu, tokens = [], [], []
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics = trainer.train_step()
         trainer.step += 1
         durations.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
         tokens.append(metrics["completions/mean_length"] * PROMPTS_PER_STEP * GROUP)
     whole = time.perf_counter() - set_up
     return {"version": rlhf_fast.__version__, "step_s": statistics.median(durations[1:]),
-            "steps_s": durations[1:], "whole_run_s": whole, "peak_rss_mib": peak_rss_mib(),
-            "tokens": statistics.median(tokens[1:])}
+            "steps_s": durations[1:], "cpu_s": statistics.median(cpu[1:]), "whole_run_s": whole,
+            "peak_rss_mib": peak_rss_mib(), "tokens": statistics.median(tokens[1:])}
 
 
 def hf_byte_tokenizer() -> Any:
@@ -133,12 +136,15 @@ def run_trl(steps: int, workdir: Path) -> dict[str, Any]:
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.stamps: list[float] = []
+            self.cpu: list[float] = []
 
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
     clock = StepClock()
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward_model], args=args,
@@ -147,10 +153,12 @@ def run_trl(steps: int, workdir: Path) -> dict[str, Any]:
     trainer.train()
     whole = time.perf_counter() - set_up
     durations = [b - a for a, b in zip(clock.stamps[0::2], clock.stamps[1::2])]
+    cpu = [b - a for a, b in zip(clock.cpu[0::2], clock.cpu[1::2])]
     lengths = [r["completions/mean_length"] for r in trainer.state.log_history
                if "completions/mean_length" in r]
     return {"version": trl.__version__, "step_s": statistics.median(durations[1:]),
-            "steps_s": durations[1:], "whole_run_s": whole, "peak_rss_mib": peak_rss_mib(),
+            "steps_s": durations[1:], "cpu_s": statistics.median(cpu[1:]), "whole_run_s": whole,
+            "peak_rss_mib": peak_rss_mib(),
             "tokens": statistics.median(lengths[1:]) * PROMPTS_PER_STEP * GROUP if lengths else None}
 
 
@@ -159,8 +167,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads per side")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     if args.only:  # the child process: one trainer, its result as JSON on the last line
         with tempfile.TemporaryDirectory() as tmp:
             run = run_rlhf_fast if args.only == "rlhf_fast" else run_trl
@@ -169,11 +178,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "work": {"prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
                  "max_new_tokens": MAX_TOKENS, "beta": BETA, "epochs": 1, "dtype": "float32",
-                 "threads": THREADS, "model": "small-gpt2 shape (4 x 256, vocab 260)"},
-        "machine": _machine(),
+                 "threads": args.threads, "model": "small-gpt2 shape (4 x 256, vocab 260)"},
+        "machine": _machine(args.threads),
     }
     for side in ("rlhf_fast", "trl"):
-        out = subprocess.run([sys.executable, __file__, "--only", side, "--steps", str(args.steps)],
+        out = subprocess.run([sys.executable, __file__, "--only", side, "--steps", str(args.steps),
+                              "--threads", str(args.threads)],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             result[side] = {"error": out.stderr.strip().splitlines()[-1:]}
@@ -190,7 +200,7 @@ def main() -> None:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _machine() -> str:
+def _machine(threads: int) -> str:
     import platform
 
     try:
@@ -198,7 +208,8 @@ def _machine() -> str:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor()
-    return f"{model}, torch {torch.__version__}, {THREADS} threads"
+    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    return f"{model}, torch {torch.__version__}, {threads} threads, load average {load} at start"
 
 
 if __name__ == "__main__":

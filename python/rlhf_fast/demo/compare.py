@@ -213,7 +213,7 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
         "curve": _curve(out / "ppo" / "metrics" / "ppo.jsonl", "objective/kl", "gold/mean",
                         "objective/raw_scores", "perf/seconds_per_step"),
     }
-    prompts = [json.loads(line)["prompt"] for line in (data / "prompts.jsonl").open()]
+    prompts = [json.loads(line)["prompt"] for line in (data / "prompts.jsonl").read_text().splitlines()]
     for name, cls, config_cls, settings_cls in (
         ("grpo", GRPOTrainer, GRPOConfig, GRPOSettings),
         ("rloo", RLOOTrainer, RLOOConfig, RLOOSettings),
