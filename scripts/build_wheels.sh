@@ -51,5 +51,11 @@ for arch in "${archs[@]}"; do
         echo "error: ${wheels[0]} was refused and deleted (see above)" >&2
         exit 1
     fi
+    # The check must also say no: the same wheel is not one for the other CPU.
+    other=$([ "$arch" = x86_64 ] && echo aarch64 || echo x86_64)
+    if python scripts/check_wheel_platform.py "${wheels[0]}" "$other" >/dev/null 2>&1; then
+        echo "error: check_wheel_platform.py accepted the $arch wheel as an $other one; it checks nothing" >&2
+        exit 1
+    fi
 done
 ls -l "$out"/rlhf_fast-*.whl
