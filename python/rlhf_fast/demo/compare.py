@@ -273,5 +273,15 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     if cfg.dpo.eval_data:
         raise OptionValueError("dpo.eval_data", "the demo holds out its own pairs; leave it empty")
     out = Path(cfg.output_dir)
-    per_seed = {s: _compare_seed(cfg, s, out / f"seed_{s}") for s in cfg.seeds}
+    per_seed = {}
+    for seed in cfg.seeds:
+        # A finished seed is kept with --resume: seeds can run as separate processes and a
+        # last call with every seed writes the report.
+        done = out / f"seed_{seed}" / "compare_seed.json"
+        if cfg.resume and done.is_file():
+            per_seed[seed] = json.loads(done.read_text())
+            if all(name in per_seed[seed] for name in cfg.algorithms):
+                continue
+        per_seed[seed] = _compare_seed(cfg, seed, out / f"seed_{seed}")
+        done.write_text(json.dumps(per_seed[seed]))
     return write_comparison(out, per_seed, cfg.algorithms)
