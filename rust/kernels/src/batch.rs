@@ -84,7 +84,6 @@ pub fn pad_ragged<E: Copy + Send + Sync>(
     padded: &mut [E],
     mask: &mut [bool],
 ) -> Result<()> {
-    use rayon::prelude::*;
     let rows = sel.num_rows();
     if padded.len() != rows * length || mask.len() != rows * length {
         return Err(KernelError::invalid(format!(
@@ -109,13 +108,9 @@ pub fn pad_ragged<E: Copy + Send + Sync>(
         m[at..at + n].fill(true);
         m[at + n..].fill(false);
     };
-    parallel::run(padded.len(), |par| {
-        if par {
-            padded.par_chunks_mut(length).zip(mask.par_chunks_mut(length)).enumerate().for_each(fill);
-        } else {
-            padded.chunks_mut(length).zip(mask.chunks_mut(length)).enumerate().for_each(fill);
-        }
-    });
+    let elements = padded.len();
+    let tasks: Vec<_> = padded.chunks_mut(length).zip(mask.chunks_mut(length)).enumerate().collect();
+    parallel::for_each(elements, tasks, fill);
     Ok(())
 }
 

@@ -106,9 +106,7 @@ pub fn gae<T: Float>(
         powers: BlockPowers::new(params.gamma * params.lam),
         params,
     };
-    parallel::run(inp.rewards.len(), |par| {
-        parallel::try_for_each(tasks, par, |(row, (adv, ret))| ctx.row(row, adv, ret))
-    })
+    parallel::try_for_each(inp.rewards.len(), tasks, |(row, (adv, ret))| ctx.row(row, adv, ret))
 }
 
 struct RowContext<'c, 'a, T> {

@@ -109,8 +109,8 @@ pub fn kl_shaped_rewards<T: Float>(
         gap.fill(T::ZERO);
     }
     let tasks: Vec<_> = rew_rows.into_iter().zip(kl_rows).enumerate().collect();
-    parallel::run(inp.logprobs.len(), |par| {
-        parallel::try_for_each(tasks, par, |(row, (rew, kl))| shape_row(inp, params, row, ranges[row], rew, kl))
+    parallel::try_for_each(inp.logprobs.len(), tasks, |(row, (rew, kl))| {
+        shape_row(inp, params, row, ranges[row], rew, kl)
     })
 }
 

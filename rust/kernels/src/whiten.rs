@@ -115,7 +115,6 @@ fn lane_sum<T: Float>(x: &[T], mask: Option<&[u8]>, f: impl Fn(T) -> f64) -> f64
 /// Returns [`Moments::EMPTY`] when nothing is masked in; the caller decides
 /// whether that is an error.
 pub fn masked_moments<T: Float>(x: &[T], mask: Option<&[u8]>, check_finite: bool) -> Result<Moments> {
-    use rayon::prelude::*;
     if let Some(m) = mask {
         check_len("mask", m.len(), x.len(), "one per element of x")?;
     }
@@ -124,13 +123,7 @@ pub fn masked_moments<T: Float>(x: &[T], mask: Option<&[u8]>, check_finite: bool
         let range = b * BLOCK..((b + 1) * BLOCK).min(x.len());
         block_moments(&x[range.clone()], mask.map(|m| &m[range]))
     };
-    let parts: Vec<(Moments, u8)> = parallel::run(x.len(), |par| {
-        if par {
-            (0..blocks).into_par_iter().map(per_block).collect()
-        } else {
-            (0..blocks).map(per_block).collect()
-        }
-    });
+    let parts: Vec<(Moments, u8)> = parallel::map(x.len(), blocks, per_block);
     let flags = parts.iter().fold(0u8, |f, p| f | p.1);
     if flags > 1 {
         let m = mask.expect("flags come from a mask");
@@ -170,7 +163,6 @@ pub fn masked_whiten<T: Float>(
     params: &WhitenParams,
     out: &mut [T],
 ) -> Result<Moments> {
-    use rayon::prelude::*;
     check_len("out", out.len(), x.len(), "one per element of x")?;
     if params.eps.is_nan() || params.eps < 0.0 {
         return Err(KernelError::invalid(format!("eps must be >= 0, got {}", params.eps)));
@@ -192,13 +184,8 @@ pub fn masked_whiten<T: Float>(
         let ms = mask.map(|m| &m[start..start + chunk.len()]);
         whiten_block(xs, ms, mean, scale, shift_back, chunk);
     };
-    parallel::run(x.len(), |par| {
-        if par {
-            out.par_chunks_mut(BLOCK).enumerate().for_each(apply);
-        } else {
-            out.chunks_mut(BLOCK).enumerate().for_each(apply);
-        }
-    });
+    let tasks: Vec<_> = out.chunks_mut(BLOCK).enumerate().collect();
+    parallel::for_each(x.len(), tasks, apply);
     Ok(moments)
 }
 
