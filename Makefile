@@ -68,8 +68,11 @@ demo: build ## Run the whole pipeline (SFT -> reward model -> PPO) offline on th
 	$(VENV)/bin/rlhf-fast demo --output-dir runs/demo
 
 .PHONY: compare
-compare: build ## PPO, GRPO, RLOO and DPO on the demo task, seeds 0-2, one report (runs/compare/report.md).
+compare: build ## PPO, GRPO, RLOO and DPO on the demo task, seeds 0-2, one report (copied to docs/compare/).
 	$(VENV)/bin/rlhf-fast compare --output-dir runs/compare --seeds 0 1 2
+	mkdir -p docs/compare/plots
+	cp runs/compare/report.md runs/compare/compare.json docs/compare/
+	cp runs/compare/plots/compare.png docs/compare/plots/
 
 .PHONY: bench
 bench: build ## Run the benchmarks that need no GPU and write benches/results/.
