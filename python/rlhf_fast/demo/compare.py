@@ -53,7 +53,7 @@ def _grpo_defaults() -> GRPOSettings:
 def _rloo_defaults() -> RLOOSettings:
     return RLOOSettings(
         max_steps=40, prompts_per_step=16, group_size=4, minibatch_size=16, epochs=2,
-        learning_rate=3e-4, kl_coef=0.1, save_every=1000,
+        learning_rate=3e-4, kl_coef=0.05, save_every=1000,
     )
 
 
