@@ -36,8 +36,16 @@ THREADS, PROMPTS_PER_STEP, GROUP, MAX_TOKENS, BETA, LR = 2, 8, 8, 48, 0.04, 1e-5
 
 
 def prompts(n: int) -> list[str]:
-    subjects = ["kettle", "backpack", "headphones", "desk lamp", "water bottle", "notebook",
-                "keyboard", "umbrella"]
+    subjects = [
+        "kettle",
+        "backpack",
+        "headphones",
+        "desk lamp",
+        "water bottle",
+        "notebook",
+        "keyboard",
+        "umbrella",
+    ]
     return [f"Review of the {subjects[i % 8]} #{i}:" for i in range(n)]
 
 
@@ -61,12 +69,23 @@ def run_rlhf_fast(steps: int, workdir: Path) -> dict[str, Any]:
     paths = models(workdir)
     set_up = time.perf_counter()
     config = GRPOConfig(
-        output_dir=str(workdir / "rlhf_fast"), policy=str(paths["policy"]),
-        reward_model=str(paths["reward_model"]), prompts_per_step=PROMPTS_PER_STEP,
-        group_size=GROUP, minibatch_size=PROMPTS_PER_STEP * GROUP, epochs=1,
-        max_new_tokens=MAX_TOKENS, kl_coef=BETA, learning_rate=LR, normalize="std",
-        loss_aggregation="token", max_steps=steps + 1, device="cpu", tensorboard=False,
-        progress=False, normalize_scores=False,
+        output_dir=str(workdir / "rlhf_fast"),
+        policy=str(paths["policy"]),
+        reward_model=str(paths["reward_model"]),
+        prompts_per_step=PROMPTS_PER_STEP,
+        group_size=GROUP,
+        minibatch_size=PROMPTS_PER_STEP * GROUP,
+        epochs=1,
+        max_new_tokens=MAX_TOKENS,
+        kl_coef=BETA,
+        learning_rate=LR,
+        normalize="std",
+        loss_aggregation="token",
+        max_steps=steps + 1,
+        device="cpu",
+        tensorboard=False,
+        progress=False,
+        normalize_scores=False,
     )
     trainer = GRPOTrainer(config, prompts=prompts(PROMPTS_PER_STEP * (steps + 1)))
     durations, cpu, tokens = [], [], []
@@ -78,9 +97,15 @@ def run_rlhf_fast(steps: int, workdir: Path) -> dict[str, Any]:
         cpu.append(time.process_time() - cpu_start)
         tokens.append(metrics["completions/mean_length"] * PROMPTS_PER_STEP * GROUP)
     whole = time.perf_counter() - set_up
-    return {"version": rlhf_fast.__version__, "step_s": statistics.median(durations[1:]),
-            "steps_s": durations[1:], "cpu_s": statistics.median(cpu[1:]), "whole_run_s": whole,
-            "peak_rss_mib": peak_rss_mib(), "tokens": statistics.median(tokens[1:])}
+    return {
+        "version": rlhf_fast.__version__,
+        "step_s": statistics.median(durations[1:]),
+        "steps_s": durations[1:],
+        "cpu_s": statistics.median(cpu[1:]),
+        "whole_run_s": whole,
+        "peak_rss_mib": peak_rss_mib(),
+        "tokens": statistics.median(tokens[1:]),
+    }
 
 
 def hf_byte_tokenizer() -> Any:
@@ -96,12 +121,23 @@ def hf_byte_tokenizer() -> Any:
         from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
     chars = bytes_to_unicode()
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{chars[b]: 4 + b for b in range(256)}}
+    vocab = {
+        "<pad>": 0,
+        "<eos>": 1,
+        "<bos>": 2,
+        "<unk>": 3,
+        **{chars[b]: 4 + b for b in range(256)},
+    }
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
 
 
 def run_trl(steps: int, workdir: Path) -> dict[str, Any]:
@@ -125,12 +161,29 @@ def run_trl(steps: int, workdir: Path) -> dict[str, Any]:
     reward_model = GPT2ForSequenceClassification(cls_config)
     dataset = Dataset.from_dict({"prompt": prompts(PROMPTS_PER_STEP * (steps + 1))})
     args = GRPOConfig(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
-        num_generations=GROUP, max_completion_length=MAX_TOKENS, num_iterations=1, beta=BETA,
-        epsilon=0.2, loss_type="dapo", scale_rewards="group", learning_rate=LR,
-        temperature=1.0, top_k=0, top_p=1.0, max_steps=steps + 1, bf16=False, use_cpu=True,
-        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
-        gradient_accumulation_steps=1, shuffle_dataset=False,
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
+        num_generations=GROUP,
+        max_completion_length=MAX_TOKENS,
+        num_iterations=1,
+        beta=BETA,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        learning_rate=LR,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_steps=steps + 1,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        gradient_accumulation_steps=1,
+        shuffle_dataset=False,
     )
 
     class StepClock(TrainerCallback):
@@ -147,19 +200,33 @@ def run_trl(steps: int, workdir: Path) -> dict[str, Any]:
             self.cpu.append(time.process_time())
 
     clock = StepClock()
-    trainer = GRPOTrainer(model=policy, reward_funcs=[reward_model], args=args,
-                          train_dataset=dataset, processing_class=tok,
-                          reward_processing_classes=[tok], callbacks=[clock])
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=[reward_model],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        reward_processing_classes=[tok],
+        callbacks=[clock],
+    )
     trainer.train()
     whole = time.perf_counter() - set_up
     durations = [b - a for a, b in zip(clock.stamps[0::2], clock.stamps[1::2])]
     cpu = [b - a for a, b in zip(clock.cpu[0::2], clock.cpu[1::2])]
-    lengths = [r["completions/mean_length"] for r in trainer.state.log_history
-               if "completions/mean_length" in r]
-    return {"version": trl.__version__, "step_s": statistics.median(durations[1:]),
-            "steps_s": durations[1:], "cpu_s": statistics.median(cpu[1:]), "whole_run_s": whole,
-            "peak_rss_mib": peak_rss_mib(),
-            "tokens": statistics.median(lengths[1:]) * PROMPTS_PER_STEP * GROUP if lengths else None}
+    lengths = [
+        r["completions/mean_length"]
+        for r in trainer.state.log_history
+        if "completions/mean_length" in r
+    ]
+    return {
+        "version": trl.__version__,
+        "step_s": statistics.median(durations[1:]),
+        "steps_s": durations[1:],
+        "cpu_s": statistics.median(cpu[1:]),
+        "whole_run_s": whole,
+        "peak_rss_mib": peak_rss_mib(),
+        "tokens": statistics.median(lengths[1:]) * PROMPTS_PER_STEP * GROUP if lengths else None,
+    }
 
 
 def main() -> None:
@@ -176,15 +243,34 @@ def main() -> None:
             print(json.dumps(run(args.steps, Path(tmp))))
         return
     result: dict[str, Any] = {
-        "work": {"prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP,
-                 "max_new_tokens": MAX_TOKENS, "beta": BETA, "epochs": 1, "dtype": "float32",
-                 "threads": args.threads, "model": "small-gpt2 shape (4 x 256, vocab 260)"},
+        "work": {
+            "prompts_per_step": PROMPTS_PER_STEP,
+            "group_size": GROUP,
+            "max_new_tokens": MAX_TOKENS,
+            "beta": BETA,
+            "epochs": 1,
+            "dtype": "float32",
+            "threads": args.threads,
+            "model": "small-gpt2 shape (4 x 256, vocab 260)",
+        },
         "machine": _machine(args.threads),
     }
     for side in ("rlhf_fast", "trl"):
-        out = subprocess.run([sys.executable, __file__, "--only", side, "--steps", str(args.steps),
-                              "--threads", str(args.threads)],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--only",
+                side,
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             result[side] = {"error": out.stderr.strip().splitlines()[-1:]}
             print(out.stderr, file=sys.stderr)
@@ -193,9 +279,13 @@ def main() -> None:
         print(side, json.dumps({k: v for k, v in result[side].items() if k != "steps_s"}))
     if "step_s" in result.get("rlhf_fast", {}) and "step_s" in result.get("trl", {}):
         result["speedup_step"] = result["trl"]["step_s"] / result["rlhf_fast"]["step_s"]
-        result["speedup_whole_run"] = result["trl"]["whole_run_s"] / result["rlhf_fast"]["whole_run_s"]
-        print(f"rlhf_fast is {result['speedup_step']:.2f}x TRL per step, "
-              f"{result['speedup_whole_run']:.2f}x over the whole run")
+        result["speedup_whole_run"] = (
+            result["trl"]["whole_run_s"] / result["rlhf_fast"]["whole_run_s"]
+        )
+        print(
+            f"rlhf_fast is {result['speedup_step']:.2f}x TRL per step, "
+            f"{result['speedup_whole_run']:.2f}x over the whole run"
+        )
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -204,8 +294,11 @@ def _machine(threads: int) -> str:
     import platform
 
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor()
     load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"

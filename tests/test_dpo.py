@@ -38,15 +38,27 @@ def policy_dir(tmp_path_factory):
 def pairs(n):
     products, good, bad = ["kettle", "lamp", "tent"], ["great", "lovely"], ["awful", "broken"]
     return [
-        PreferencePair(f"review the {products[i % 3]} :", f"it is {good[i % 2]} .",
-                       f"it is {bad[(i // 2) % 2]} .")
+        PreferencePair(
+            f"review the {products[i % 3]} :",
+            f"it is {good[i % 2]} .",
+            f"it is {bad[(i // 2) % 2]} .",
+        )
         for i in range(n)
     ]
 
 
 def config(policy_dir, out, **overrides):
-    kw = dict(output_dir=str(out), policy=str(policy_dir), max_steps=20, batch_size=8,
-              learning_rate=3e-3, warmup_steps=0, eval_every=20, save_every=10, **QUIET)
+    kw = dict(
+        output_dir=str(out),
+        policy=str(policy_dir),
+        max_steps=20,
+        batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=0,
+        eval_every=20,
+        save_every=10,
+        **QUIET,
+    )
     kw.update(overrides)
     return DPOConfig(**kw)
 
@@ -81,15 +93,22 @@ def test_both_preference_formats_and_identical_pairs_from_files(tmp_path, policy
     data = tmp_path / "prefs.jsonl"
     records = [
         {"prompt": "review the lamp :", "chosen": "it is great .", "rejected": "it is awful ."},
-        {"prompt": "review the tent :", "candidate_0": "it is broken .",
-         "candidate_1": "it is lovely .", "choice": 1},
+        {
+            "prompt": "review the tent :",
+            "candidate_0": "it is broken .",
+            "candidate_1": "it is lovely .",
+            "choice": 1,
+        },
         {"prompt": "review the tent :", "chosen": "it is fine .", "rejected": "it is fine ."},
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     from rlhf_fast.trainers.dpo import run_dpo
 
-    result = run_dpo(config(policy_dir, tmp_path / "o", data=str(data), eval_fraction=0.0,
-                            max_steps=2, batch_size=2))
+    result = run_dpo(
+        config(
+            policy_dir, tmp_path / "o", data=str(data), eval_fraction=0.0, max_steps=2, batch_size=2
+        )
+    )
     assert result["n_train_pairs"] == 2 and result["n_skipped_records"] == 1
     with pytest.raises(InvalidArgumentError, match="line 3.*same text"):
         run_dpo(config(policy_dir, tmp_path / "e", data=str(data), identical_pairs="error"))

@@ -66,19 +66,31 @@ def test_smoke_run_logs_and_saves(tmp_path, stage_dirs, cls, trainer):
     assert result["steps"] == 2 and (tmp_path / "policy" / "config.json").is_file()
     records = read_jsonl(tmp_path / "metrics" / f"{trainer.stage}.jsonl")
     assert [r["step"] for r in records] == [1, 2]
-    for key in ("objective/scores", "objective/kl", "loss/policy_avg", "rewards/gold_score",
-                "rewards/reward_model", "policy/clipfrac_avg"):
+    for key in (
+        "objective/scores",
+        "objective/kl",
+        "loss/policy_avg",
+        "rewards/gold_score",
+        "rewards/reward_model",
+        "policy/clipfrac_avg",
+    ):
         assert math.isfinite(records[-1][key]), key
 
 
 def test_grpo_sequence_aggregation_and_dr_grpo_run(tmp_path, stage_dirs):
-    cfg = config(GRPOConfig, stage_dirs, tmp_path, max_steps=1, loss_aggregation="sequence",
-                 normalize="none", kl_coef=0.0)
+    cfg = config(
+        GRPOConfig,
+        stage_dirs,
+        tmp_path,
+        max_steps=1,
+        loss_aggregation="sequence",
+        normalize="none",
+        kl_coef=0.0,
+    )
     assert GRPOTrainer(cfg, prompts=PROMPTS).train()["steps"] == 1
 
 
 def test_group_advantages_come_from_the_kernel(tmp_path, stage_dirs):
-    from rlhf_fast import ops
 
     trainer = GRPOTrainer(config(GRPOConfig, stage_dirs, tmp_path), prompts=PROMPTS)
     batch = trainer.worker.rollout(PROMPTS[:2], 4)
@@ -125,15 +137,23 @@ def one_short(completions, prompts):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("raises_on_lamp", r"test_group_trainers:raises_on_lamp raised ValueError: no lamps here "
-                           r"on prompt index 4 \('review the lamp :'\)"),
+        (
+            "raises_on_lamp",
+            r"test_group_trainers:raises_on_lamp raised ValueError: no lamps here "
+            r"on prompt index 4 \('review the lamp :'\)",
+        ),
         ("nan_for_second", r"nan_for_second returned nan for prompt index 1 \('review the kettle"),
         ("one_short", r"one_short returned 7 values for 8 completions"),
     ],
 )
 def test_bad_reward_functions_name_themselves_and_the_prompt(tmp_path, stage_dirs, name, message):
-    cfg = config(GRPOConfig, stage_dirs, tmp_path, reward_model="",
-                 reward_functions=[f"test_group_trainers:{name}"])
+    cfg = config(
+        GRPOConfig,
+        stage_dirs,
+        tmp_path,
+        reward_model="",
+        reward_functions=[f"test_group_trainers:{name}"],
+    )
     trainer = GRPOTrainer(cfg, prompts=PROMPTS)
     with pytest.raises(RewardFunctionError, match=message):
         trainer.worker.rollout(PROMPTS[:2], 4)
@@ -141,8 +161,12 @@ def test_bad_reward_functions_name_themselves_and_the_prompt(tmp_path, stage_dir
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("gold_score", "expected 'module:function'"), ("rlhf_fast.demo:nope", "cannot load"),
-     ("no_such_module_xyz:f", "cannot load"), ("rlhf_fast.demo.task:PRODUCTS", "not callable")],
+    [
+        ("gold_score", "expected 'module:function'"),
+        ("rlhf_fast.demo:nope", "cannot load"),
+        ("no_such_module_xyz:f", "cannot load"),
+        ("rlhf_fast.demo.task:PRODUCTS", "not callable"),
+    ],
 )
 def test_reward_function_specs_are_checked(spec, message):
     with pytest.raises(InvalidArgumentError, match=f"reward_functions: .*{message}"):
@@ -173,9 +197,28 @@ def test_cli_runs_grpo_with_a_reward_function(tmp_path, stage_dirs, capsys):
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS))
-    args = ["rloo", "--policy", str(stage_dirs / "sft"), "--prompts", str(prompts),
-            "--reward-functions", "rlhf_fast.demo:gold_score", "--output-dir", str(tmp_path / "o"),
-            "--max-steps", "1", "--prompts-per-step", "2", "--minibatch-size", "8",
-            "--max-new-tokens", "4", "--device", "cpu", "--no-tensorboard", "--no-progress"]
+    args = [
+        "rloo",
+        "--policy",
+        str(stage_dirs / "sft"),
+        "--prompts",
+        str(prompts),
+        "--reward-functions",
+        "rlhf_fast.demo:gold_score",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--minibatch-size",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--no-tensorboard",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert '"stage": "rloo"' in capsys.readouterr().out

@@ -71,7 +71,9 @@ def test_grpo_loss_matches_the_token_loop(seed):
 def test_grpo_loss_by_hand():
     # one row, ratios 1.5 and 0.5, A = 1, eps = 0.2: max(-1.5, -1.2) = -1.2, max(-0.5, -0.8) = -0.5
     logprobs = torch.tensor([[math.log(1.5), math.log(0.5)]])
-    loss, clipfrac, kl = grpo_loss(logprobs, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), 0.2)
+    loss, clipfrac, kl = grpo_loss(
+        logprobs, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), 0.2
+    )
     assert loss.item() == pytest.approx((-1.2 - 0.5) / 2)
     assert clipfrac.item() == pytest.approx(0.5)
     assert kl.item() == 0.0  # no reference given

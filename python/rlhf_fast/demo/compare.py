@@ -45,22 +45,39 @@ ALGORITHMS = ("ppo", "grpo", "rloo", "dpo")
 
 def _grpo_defaults() -> GRPOSettings:
     return GRPOSettings(
-        max_steps=40, prompts_per_step=16, group_size=4, minibatch_size=16, epochs=2,
-        learning_rate=3e-4, kl_coef=0.04, save_every=1000,
+        max_steps=40,
+        prompts_per_step=16,
+        group_size=4,
+        minibatch_size=16,
+        epochs=2,
+        learning_rate=3e-4,
+        kl_coef=0.04,
+        save_every=1000,
     )
 
 
 def _rloo_defaults() -> RLOOSettings:
     return RLOOSettings(
-        max_steps=40, prompts_per_step=16, group_size=4, minibatch_size=16, epochs=2,
-        learning_rate=3e-4, kl_coef=0.05, save_every=1000,
+        max_steps=40,
+        prompts_per_step=16,
+        group_size=4,
+        minibatch_size=16,
+        epochs=2,
+        learning_rate=3e-4,
+        kl_coef=0.05,
+        save_every=1000,
     )
 
 
 def _dpo_defaults() -> DPOSettings:
     return DPOSettings(
-        max_steps=200, batch_size=32, learning_rate=3e-4, beta=0.1, eval_every=100,
-        log_every=10, save_every=1000,
+        max_steps=200,
+        batch_size=32,
+        learning_rate=3e-4,
+        beta=0.1,
+        eval_every=100,
+        log_every=10,
+        save_every=1000,
     )
 
 
@@ -95,7 +112,9 @@ class CompareConfig(DemoConfig):
     rloo: RLOOSettings = field(
         default_factory=_rloo_defaults, metadata={"help": "RLOO stage settings."}
     )
-    dpo: DPOSettings = field(default_factory=_dpo_defaults, metadata={"help": "DPO stage settings."})
+    dpo: DPOSettings = field(
+        default_factory=_dpo_defaults, metadata={"help": "DPO stage settings."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,8 +157,12 @@ class PolicyEvaluator:
                 )
                 query, qmask = query.to(self.device), qmask.to(self.device)
                 s = sample_responses(
-                    policy, query, qmask, max_new_tokens=self.max_new_tokens,
-                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                    policy,
+                    query,
+                    qmask,
+                    max_new_tokens=self.max_new_tokens,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
                 )
                 ids = torch.cat([query, s.tokens], 1)
                 mask = torch.cat([qmask, s.response_mask.long()], 1)
@@ -210,10 +233,17 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
     results["ppo"] = {
         **evaluator(load_causal_lm(str(out / "ppo" / "policy"), evaluator.tokenizer), eval_prompts),
         "seconds": ppo_seconds,
-        "curve": _curve(out / "ppo" / "metrics" / "ppo.jsonl", "objective/kl", "gold/mean",
-                        "objective/raw_scores", "perf/seconds_per_step"),
+        "curve": _curve(
+            out / "ppo" / "metrics" / "ppo.jsonl",
+            "objective/kl",
+            "gold/mean",
+            "objective/raw_scores",
+            "perf/seconds_per_step",
+        ),
     }
-    prompts = [json.loads(line)["prompt"] for line in (data / "prompts.jsonl").read_text().splitlines()]
+    prompts = [
+        json.loads(line)["prompt"] for line in (data / "prompts.jsonl").read_text().splitlines()
+    ]
     for name, cls, config_cls, settings_cls in (
         ("grpo", GRPOTrainer, GRPOConfig, GRPOSettings),
         ("rloo", RLOOTrainer, RLOOConfig, RLOOSettings),
@@ -223,7 +253,9 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
         stage_cfg = config_cls(
             **{**shared, "output_dir": str(out / name)},
             **settings_of(getattr(cfg, name), settings_cls, name),
-            policy=sft_dir, reward_model=rm_dir, prompts=str(data / "prompts.jsonl"),
+            policy=sft_dir,
+            reward_model=rm_dir,
+            prompts=str(data / "prompts.jsonl"),
         )
         t = time.perf_counter()
         trainer = cls(stage_cfg, prompts=prompts, sample_metrics=_gold_metrics)
@@ -231,16 +263,24 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
         results[name] = {
             **evaluator(trainer.policy, eval_prompts),
             "seconds": time.perf_counter() - t,
-            "curve": _curve(out / name / "metrics" / f"{name}.jsonl", "objective/kl", "gold/mean",
-                            "rewards/reward_model", "perf/train_seconds"),
+            "curve": _curve(
+                out / name / "metrics" / f"{name}.jsonl",
+                "objective/kl",
+                "gold/mean",
+                "rewards/reward_model",
+                "perf/train_seconds",
+            ),
         }
         del trainer
     if "dpo" in cfg.algorithms:
         dpo_cfg = DPOConfig(
             **{**shared, "output_dir": str(out / "dpo")},
-            **{**settings_of(cfg.dpo, DPOSettings, "dpo"),
-               "eval_data": str(data / "preferences_eval.jsonl")},
-            policy=sft_dir, data=str(data / "preferences_train.jsonl"),
+            **{
+                **settings_of(cfg.dpo, DPOSettings, "dpo"),
+                "eval_data": str(data / "preferences_eval.jsonl"),
+            },
+            policy=sft_dir,
+            data=str(data / "preferences_train.jsonl"),
         )
         curve_prompts = eval_prompts[: cfg.curve_samples]
 
@@ -254,8 +294,13 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
         results["dpo"] = {
             **evaluator(trainer.policy, eval_prompts),
             "seconds": time.perf_counter() - t,
-            "curve": _curve(out / "dpo" / "metrics" / "dpo.jsonl", "policy/kl", "policy/gold",
-                            "policy/proxy", "perf/train_seconds"),
+            "curve": _curve(
+                out / "dpo" / "metrics" / "dpo.jsonl",
+                "policy/kl",
+                "policy/gold",
+                "policy/proxy",
+                "perf/train_seconds",
+            ),
         }
     return results
 

@@ -50,12 +50,30 @@ def plot_comparison(
             curve, final = results[name]["curve"], results[name]
             label = name.upper() if i == 0 else None
             if curve:
-                axes[0].plot([p["kl"] for p in curve], [p["gold"] for p in curve], "-",
-                             color=color, alpha=0.45, lw=1)
-                axes[1].plot([p["seconds"] for p in curve], [p["gold"] for p in curve], "-",
-                             color=color, alpha=0.45, lw=1)
-                axes[2].plot([p["gold"] for p in curve], [p["proxy"] for p in curve], "-",
-                             color=color, alpha=0.45, lw=1)
+                axes[0].plot(
+                    [p["kl"] for p in curve],
+                    [p["gold"] for p in curve],
+                    "-",
+                    color=color,
+                    alpha=0.45,
+                    lw=1,
+                )
+                axes[1].plot(
+                    [p["seconds"] for p in curve],
+                    [p["gold"] for p in curve],
+                    "-",
+                    color=color,
+                    alpha=0.45,
+                    lw=1,
+                )
+                axes[2].plot(
+                    [p["gold"] for p in curve],
+                    [p["proxy"] for p in curve],
+                    "-",
+                    color=color,
+                    alpha=0.45,
+                    lw=1,
+                )
             axes[0].plot(final["kl"], final["gold"], "o", color=color, label=label)
             axes[1].plot(final.get("seconds", 0.0), final["gold"], "o", color=color, label=label)
             axes[2].plot(final["gold"], final["proxy"], "o", color=color, label=label)
@@ -63,10 +81,15 @@ def plot_comparison(
         sft = results["sft"]
         axes[0].plot(sft["kl"], sft["gold"], "k*", ms=9)
         axes[2].plot(sft["gold"], sft["proxy"], "k*", ms=9)
-    axes[0].set(xlabel="KL(policy || SFT), nats per response", ylabel="gold score",
-                title="gold against KL (lines: training rollouts; dots: held-out)")
+    axes[0].set(
+        xlabel="KL(policy || SFT), nats per response",
+        ylabel="gold score",
+        title="gold against KL (lines: training rollouts; dots: held-out)",
+    )
     axes[1].set(xlabel="training seconds", ylabel="gold score", title="gold against wall clock")
-    axes[2].set(xlabel="gold score", ylabel="proxy (reward model) score", title="proxy against gold")
+    axes[2].set(
+        xlabel="gold score", ylabel="proxy (reward model) score", title="proxy against gold"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
@@ -82,8 +105,7 @@ def write_comparison(
     """Write the report files under ``out``; returns ``compare.json`` without the curves."""
     algorithms = ["ppo", *[a for a in algorithms if a != "ppo"]]
     rows = {
-        name: {seed: _row(r[name], r["sft"]) for seed, r in per_seed.items()}
-        for name in algorithms
+        name: {seed: _row(r[name], r["sft"]) for seed, r in per_seed.items()} for name in algorithms
     }
     reward_models = {
         seed: {"accuracy": r["demo"]["rm_accuracy"], "ceiling": r["demo"]["rm_accuracy_ceiling"]}
@@ -92,11 +114,14 @@ def write_comparison(
     summary = {
         "seeds": list(per_seed),
         "reward_model": reward_models,
-        "sft": {seed: {k: r["sft"][k] for k in ("gold", "gold_std", "proxy", "kl", "length")}
-                for seed, r in per_seed.items()},
+        "sft": {
+            seed: {k: r["sft"][k] for k in ("gold", "gold_std", "proxy", "kl", "length")}
+            for seed, r in per_seed.items()
+        },
         "algorithms": rows,
-        "curves": {name: {seed: r[name]["curve"] for seed, r in per_seed.items()}
-                   for name in algorithms},
+        "curves": {
+            name: {seed: r[name]["curve"] for seed, r in per_seed.items()} for name in algorithms
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=2))
@@ -116,14 +141,18 @@ def write_comparison(
     sft_proxy = [r["sft"]["proxy"] for r in per_seed.values()]
     lines.append(f"| SFT | {_spread(sft_gold)} | 0 | {_spread(sft_proxy)} | 0 | | |")
     for name in algorithms:
-        col = lambda key: _spread([row[key] for row in rows[name].values()])  # noqa: E731
-        lines.append(
-            f"| {name.upper()} | {col('gold')} | {col('gain_sft_sd')} | {col('proxy')} | "
-            f"{col('kl')} | {col('length')} | {col('seconds')} |"
-        )
-    lines += ["", "Per seed (gold / lift in SFT SD / KL):", "",
-              "| seed | RM accuracy (ceiling) | " + " | ".join(a.upper() for a in algorithms) + " |",
-              "|---|---|" + "---|" * len(algorithms)]
+        cols = [
+            _spread([row[key] for row in rows[name].values()])
+            for key in ("gold", "gain_sft_sd", "proxy", "kl", "length", "seconds")
+        ]
+        lines.append(f"| {name.upper()} | " + " | ".join(cols) + " |")
+    lines += [
+        "",
+        "Per seed (gold / lift in SFT SD / KL):",
+        "",
+        "| seed | RM accuracy (ceiling) | " + " | ".join(a.upper() for a in algorithms) + " |",
+        "|---|---|" + "---|" * len(algorithms),
+    ]
     for seed in per_seed:
         rm = reward_models[seed]
         cells = [
@@ -131,7 +160,9 @@ def write_comparison(
             f"{rows[a][seed]['kl']:.1f}"
             for a in algorithms
         ]
-        lines.append(f"| {seed} | {rm['accuracy']:.3f} ({rm['ceiling']:.3f}) | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {seed} | {rm['accuracy']:.3f} ({rm['ceiling']:.3f}) | " + " | ".join(cells) + " |"
+        )
     lines += ["", "![comparison](plots/compare.png)", ""]
     for name in algorithms:
         first = next(iter(per_seed.values()))[name]["samples"][:3]

@@ -1,7 +1,9 @@
-"""The three trainers (SFT, reward model, PPO) and their shared losses and KL controllers.
+"""The trainers (SFT, reward model, PPO, GRPO, RLOO, DPO), their losses and KL controllers.
 
-Import the stage modules directly (``rlhf_fast.trainers.ppo``): each needs torch and
-``transformers``, and the PPO trainer the Rust kernels.
+Import the stage modules directly (``rlhf_fast.trainers.ppo``, ``.grpo``, ``.rloo``, ``.dpo``):
+each needs torch and ``transformers``, and the RL trainers the Rust kernels. GRPO and RLOO
+share ``rollout.py`` (group sampling and scoring) and ``policy_gradient.py`` (their step);
+GRPO, RLOO and DPO share ``loop.py`` (resume, metrics, checkpoints).
 """
 
 from rlhf_fast.trainers.kl_controller import (
@@ -9,7 +11,13 @@ from rlhf_fast.trainers.kl_controller import (
     FixedKLController,
     make_kl_controller,
 )
-from rlhf_fast.trainers.losses import bradley_terry_loss, clipped_surrogate_loss, clipped_value_loss
+from rlhf_fast.trainers.losses import (
+    bradley_terry_loss,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    dpo_loss,
+    grpo_loss,
+)
 
 __all__ = [
     "AdaptiveKLController",
@@ -17,5 +25,7 @@ __all__ = [
     "bradley_terry_loss",
     "clipped_surrogate_loss",
     "clipped_value_loss",
+    "dpo_loss",
+    "grpo_loss",
     "make_kl_controller",
 ]

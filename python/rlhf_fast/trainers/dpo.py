@@ -28,8 +28,13 @@ import torch
 
 from rlhf_fast.config import RunConfig, SupervisedSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
-from rlhf_fast.models import disable_dropout, frozen_copy, fuse_activations, load_causal_lm
-from rlhf_fast.models import next_token_logprobs
+from rlhf_fast.models import (
+    disable_dropout,
+    frozen_copy,
+    fuse_activations,
+    load_causal_lm,
+    next_token_logprobs,
+)
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.loop import CheckpointState, run_loop, seeded_batch
@@ -199,7 +204,9 @@ class DPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         cfg = self.config
-        indices = dist.shard(seeded_batch(len(self.train_rows), cfg.batch_size, self.step, cfg.seed))
+        indices = dist.shard(
+            seeded_batch(len(self.train_rows), cfg.batch_size, self.step, cfg.seed)
+        )
         self.policy.train()
         loss, stats = self.loss_on(
             self.ddp_policy, [self.train_rows[i] for i in indices], self.ref_train[indices]

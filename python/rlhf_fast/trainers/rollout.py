@@ -293,7 +293,11 @@ class RolloutWorker:
 
     @torch.no_grad()
     def score(
-        self, prompts: list[str], completions: list[str], sequences: torch.Tensor, mask: torch.Tensor
+        self,
+        prompts: list[str],
+        completions: list[str],
+        sequences: torch.Tensor,
+        mask: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total reward per completion ``[B]`` float32, and each source's mean."""
         total = torch.zeros(len(completions), dtype=torch.float64)
