@@ -156,3 +156,28 @@ def test_lora_policy_samples_and_scores_with_and_without_adapters(tok, lm):
     torch.testing.assert_close(s.logprobs, with_adapters[:, n - 1 :], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(without, base)
     assert not torch.allclose(with_adapters, base)
+
+
+def test_finished_rows_leave_the_decode_batch_without_changing_the_others(tok, lm):
+    # Eight copies of one prompt answer alike under near-greedy sampling; naming their second
+    # token <eos> ends them together, leaving one row that decodes on alone.
+    prompts = ["review the lamp :"] * 8 + ["tent : it is"]
+    query, query_mask = _query(tok, prompts)
+    common = dict(max_new_tokens=8, pad_token_id=tok.pad_token_id, temperature=1e-4)
+    torch.manual_seed(0)
+    greedy = sample_responses(lm, query, query_mask, eos_token_id=-1, **common)
+    eos = int(greedy.tokens[0, 1])
+    assert eos not in greedy.tokens[8, :].tolist()  # the last row never says it
+    torch.manual_seed(0)
+    s = sample_responses(lm, query, query_mask, eos_token_id=eos, **common)
+    assert s.ended[:8].all() and not s.ended[8] and s.tokens.shape[1] == 8
+    assert (s.tokens[:8, 2:] == tok.pad_token_id).all() and (s.logprobs[:8, 2:] == 0).all()
+    assert torch.equal(s.tokens[8], greedy.tokens[8])
+    ids = torch.cat([query, s.tokens], 1)
+    mask = torch.cat([query_mask, s.response_mask.long()], 1)
+    n = query.shape[1]
+    with torch.no_grad():
+        expected, _, _ = next_token_logprobs(
+            lm, ids, mask, scored_positions(mask, start=n), temperature=1e-4
+        )
+    torch.testing.assert_close(s.logprobs, expected[:, n - 1 :], atol=1e-3, rtol=1e-4)

@@ -11,7 +11,9 @@ next token and the hidden state of the current one, so it records
   one trunk),
 
 which saves PPO the separate policy forward over prompt + response after sampling. In float32
-these equal a fresh forward's numbers to rounding (``tests/test_sampling.py``).
+these equal a fresh forward's numbers to rounding (``tests/test_sampling.py``). Rows that have
+emitted ``<eos>`` leave the decode batch (and the KV cache) once they are half of it, so a
+policy that answers briefly does not keep paying for its longest answer.
 
 Why not ``model.generate``: on small models its per-step bookkeeping (logits processors,
 stopping criteria, cache and mask updates for any model) costs as much as the model itself,
@@ -128,6 +130,7 @@ def sample_responses(
     logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     values = torch.zeros_like(logprobs) if value_fn is not None else None
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device)  # the rows still in the decode batch
     length = 0
     for t in range(max_new_tokens):
         hidden = trunk(
@@ -136,26 +139,32 @@ def sample_responses(
             position_ids=positions,
             use_cache=True,
             **{cache_arg: cache},
-        ).last_hidden_state[:, -1]  # (B, H) state before response token t
-        logits = head(hidden).float() / temperature  # (B, V)
+        ).last_hidden_state[:, -1]  # (b, H) state before response token t
+        logits = head(hidden).float() / temperature  # (b, V)
         filtered = filter_logits(logits, top_k, top_p)
-        token = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)  # (B,)
-        live = ~ended
+        token = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)  # (b,)
+        live = ~ended[rows]
         token = torch.where(live, token, torch.full_like(token, pad_token_id))
-        tokens[:, t] = token
-        logprobs[:, t] = torch.where(
+        tokens[rows, t] = token
+        logprobs[rows, t] = torch.where(
             live, logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1), 0.0
         )
         if values is not None:
-            values[:, t] = torch.where(live, value_fn(hidden), 0.0)
+            values[rows, t] = torch.where(live, value_fn(hidden), 0.0)
         length = t + 1
-        ended |= live & (token == eos_token_id)
+        ended[rows] |= live & (token == eos_token_id)
         if bool(ended.all()) or t + 1 == max_new_tokens:
             break
         step_ids = token[:, None]
         positions = next_position
         next_position = next_position + 1
         attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+        still = ~ended[rows]
+        if int(still.sum()) <= rows.shape[0] // 2:  # drop finished rows from the decode batch
+            keep = still.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, step_ids, attention_mask = rows[keep], step_ids[keep], attention_mask[keep]
+            positions, next_position = positions[keep], next_position[keep]
     # A row's response runs up to and including its <eos>; every later slot is padding.
     tokens, logprobs = tokens[:, :length], logprobs[:, :length]
     is_eos = tokens == eos_token_id
