@@ -154,7 +154,8 @@ def run_e2e(out: Path) -> None:
     if not script.exists():
         return
     log("end-to-end PPO iteration (rlhf_fast vs TRL) ...")
-    subprocess.run([sys.executable, str(script), "--output", str(out / "e2e.json")], check=False)
+    subprocess.run([sys.executable, str(script), "--rounds", "3", "--output", str(out / "e2e.json")],
+                   check=False)
 
 
 def main() -> None:
