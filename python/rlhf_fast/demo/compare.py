@@ -44,21 +44,22 @@ ALGORITHMS = ("ppo", "grpo", "rloo", "dpo")
 
 
 def _grpo_defaults() -> GRPOSettings:
+    # 60 steps of 64 completions: the same samples as the demo's 60 PPO iterations of 64.
     return GRPOSettings(
-        max_steps=40,
+        max_steps=60,
         prompts_per_step=16,
         group_size=4,
         minibatch_size=16,
         epochs=2,
         learning_rate=3e-4,
-        kl_coef=0.04,
+        kl_coef=0.07,
         save_every=1000,
     )
 
 
 def _rloo_defaults() -> RLOOSettings:
     return RLOOSettings(
-        max_steps=40,
+        max_steps=60,
         prompts_per_step=16,
         group_size=4,
         minibatch_size=16,

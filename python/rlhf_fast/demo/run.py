@@ -71,13 +71,13 @@ def _reward_defaults() -> RewardSettings:
 
 def _ppo_defaults() -> PPOSettings:
     return PPOSettings(
-        max_steps=40,
+        max_steps=60,
         rollout_batch_size=64,
         minibatch_size=16,
         ppo_epochs=4,
         learning_rate=3e-4,
         max_new_tokens=32,
-        kl_coef=0.1,
+        kl_coef=0.05,
         save_every=1000,
     )
 
