@@ -309,13 +309,11 @@ class PPOTrainer:
         sequences = torch.cat([query, responses], dim=1)
         attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
         scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1) response tokens
+        logprobs, values = samples.logprobs, samples.values
         with autocast(self.device, cfg.bf16_autocast):
-            if samples.values is not None:
-                logprobs, values = samples.logprobs, samples.values
-            else:  # separate critic: one critic pass over prompt + response
+            if values is None:  # separate critic: one critic pass over prompt + response
                 hidden = self.model.critic_hidden(sequences, attention_mask)
                 values = self.model.values_from_hidden(hidden[:, n_prompt - 1 : -1])
-                logprobs = samples.logprobs
             raw_scores = self.reward_model(sequences, attention_mask)  # (B,)
         values = values * response_mask
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, scored)[:, n_prompt - 1 :]
