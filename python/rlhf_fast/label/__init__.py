@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_fast.config import RunConfig, redefault
 from rlhf_fast.errors import InvalidArgumentError
 
 __all__ = ["LabelConfig", "prepare_pairs", "run_label"]
@@ -44,14 +45,13 @@ class LabelConfig:
     policy: str = _option(
         "", "Policy that samples the answers: a local model directory or built-in name."
     )
-    tokenizer: str = _option(
-        "", "'bytes', 'demo-words' or a local directory; empty: the policy directory's, or 'bytes'."
-    )
+    tokenizer: str = redefault(RunConfig, "tokenizer", "")
     max_prompts: int = _option(0, "Use at most this many prompts (0: all).")
     max_new_tokens: int = _option(48, "Longest sampled answer in tokens.")
     temperature: float = _option(1.0, "Sampling temperature.")
-    seed: int = _option(0, "Random seed of the sampling.")
-    device: str = _option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
+    # The settings every command shares keep their one help text in RunConfig.
+    seed: int = redefault(RunConfig, "seed", 0)
+    device: str = redefault(RunConfig, "device", "auto")
     host: str = _option(
         "127.0.0.1", "Address to listen on; any but loopback requires the token printed at start."
     )
