@@ -164,6 +164,8 @@ def _fill_holes_from_right(adv: Any, mask: Any) -> Any:
     right (0 if none): the advantage verl's loop carries through that position."""
     torch = _torch()
     keep = mask.bool()
+    if not (~keep[..., :-1] & keep[..., 1:]).any():
+        return adv  # no masked step after an unmasked one (right padding): nothing to carry
     length = adv.shape[-1]
     pos = torch.arange(length, device=adv.device).expand_as(adv)
     nxt = torch.where(keep, pos, torch.full_like(pos, length))
@@ -185,10 +187,11 @@ def compute_gae_advantage_return(
     with torch.no_grad():
         rewards = _as_kernel_float(token_level_rewards)
         vals = _as_kernel_float(values).to(rewards.dtype)
-        adv, _ = ops.gae(rewards, vals, response_mask, gamma=float(gamma), lam=float(lam))
-        adv = _fill_holes_from_right(adv, response_mask)
+        keep = response_mask.bool()
+        adv, _ = ops.gae(rewards, vals, keep, gamma=float(gamma), lam=float(lam))
+        adv = _fill_holes_from_right(adv, keep)
         returns = adv + vals
-        advantages = masked_whiten(adv, response_mask)
+        advantages = masked_whiten(adv, keep)
     dtype = token_level_rewards.dtype
     return advantages.to(dtype), returns.to(dtype)
 
