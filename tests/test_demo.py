@@ -16,6 +16,7 @@ from rlhf_fast.demo import (
 )
 from rlhf_fast.demo.task import VOCABULARY, split_text
 from rlhf_fast.errors import InvalidArgumentError
+from rlhf_fast.tokenizer import DEMO_WORDS
 
 
 def test_gold_score_by_hand():
@@ -47,6 +48,8 @@ def test_corpus_is_a_mix_of_good_and_bad_reviews():
     assert min(gold) < -2 and max(gold) > 3
     words = {w for r in corpus for w in (r["prompt"] + " " + r["response"]).split()}
     assert words <= set(VOCABULARY)
+    # the tokenizer keeps its own copy (it imports nothing from the demo); ids follow order
+    assert DEMO_WORDS == VOCABULARY
     assert make_sft_corpus(20, seed=1) == make_sft_corpus(20, seed=1)
     assert len(set(make_prompts(200, seed=0))) == 8
 

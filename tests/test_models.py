@@ -218,3 +218,16 @@ def test_mlp_value_head_starts_at_zero_and_saves(tmp_path, tok, lm):
     assert sum(p.numel() for p in model.value_head.parameters()) == 64 * 16 + 16 + 16 + 1
     model.save_pretrained(tmp_path)
     assert (tmp_path / "value_head.safetensors").is_file()
+
+
+def test_models_and_tokenizer_import_no_trainer_or_demo_code():
+    """The layers import downwards only: models -> tokenizer, never trainers or the demo."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rlhf_fast.models, rlhf_fast.tokenizer; "
+        "print(sorted(m for m in sys.modules if m.startswith(('rlhf_fast.trainers', 'rlhf_fast.demo'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

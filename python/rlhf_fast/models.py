@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from rlhf_fast.errors import InvalidArgumentError
+from rlhf_fast.tokenizer import encode_text
 
 # name -> GPT2Config fields. Dropout is off: PPO needs the same logprobs in rollout and update.
 BUILTIN_MODELS: dict[str, dict[str, int]] = {
@@ -412,8 +414,6 @@ def generate_responses(
     device: Optional[torch.device] = None,
 ) -> list[str]:
     """Sample one response per prompt (batched, left-padded prompts, KV cache, stop at EOS)."""
-    from rlhf_fast.trainers.runtime import encode_text, pad_rows
-
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -437,3 +437,20 @@ def generate_responses(
         texts.extend(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
     model.train(was_training)
     return texts
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id lists -> ``(ids [B, T] int64, mask [B, T] int64)`` padded on ``side``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if side == "right":
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        else:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask

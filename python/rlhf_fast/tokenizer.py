@@ -178,6 +178,17 @@ class Tokenizer:
         return cls(words=payload["words"])
 
 
+# The "demo-words" vocabulary, in id order (saved tokenizers depend on it). The demo task
+# builds the same list from its word sets; tests/test_demo.py checks the two agree.
+DEMO_WORDS: tuple[str, ...] = tuple(
+    "review : . write a short positive of kettle backpack lamp blender headphones tent "
+    "toaster umbrella great excellent lovely sturdy reliable perfect love five awful "
+    "flimsy broken useless terrible noisy hate one fine okay average plain ordinary three "
+    "price design handle color box quality i it is the this feels think does job stars "
+    "star and".split()
+)
+
+
 def load_tokenizer(spec: str) -> Any:
     """A tokenizer from a built-in name or a local directory (nothing is downloaded).
 
@@ -189,9 +200,7 @@ def load_tokenizer(spec: str) -> Any:
     if spec == "bytes":
         return Tokenizer()
     if spec == "demo-words":
-        from rlhf_fast.demo.task import VOCABULARY
-
-        return Tokenizer(words=VOCABULARY)
+        return Tokenizer(words=DEMO_WORDS)
     path = Path(spec)
     if (path / TOKENIZER_FILE).is_file():
         return Tokenizer.from_pretrained(path)
@@ -206,3 +215,21 @@ def load_tokenizer(spec: str) -> Any:
         f"tokenizer: expected 'bytes', 'demo-words' or a local directory with tokenizer files, "
         f"got {spec!r}"
     )
+
+
+def encode_text(
+    tokenizer: Any, text: str, *, add_eos: bool = False, continuation: bool = False
+) -> list[int]:
+    """Token ids of ``text`` with no special tokens (``<eos>`` appended when asked).
+
+    ``continuation``: the text follows earlier text (HF BPE tokenizers need the space).
+    Works with ``rlhf_fast.tokenizer.Tokenizer`` and Hugging Face tokenizers.
+    """
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.encode(text, add_eos=add_eos)
+    ids = list(
+        tokenizer(" " + text if continuation else text, add_special_tokens=False)["input_ids"]
+    )
+    if add_eos:
+        ids.append(tokenizer.eos_token_id)
+    return ids
