@@ -326,3 +326,21 @@ def test_register_adds_estimators_and_routes_gae():
     assert ppo_utils.need_critic(config("rlhf_fast_gae", False)) is False
     with pytest.warns(UserWarning):
         assert ppo_utils.need_critic(config("rlhf_fast_grpo")) is False
+
+
+@needs_verl
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.float32])
+def test_mask_dtypes_and_empty_rows_match_verl(mask_dtype):
+    rng, r, v, m = _case(4, (6, 20), "holes", torch.float32)
+    m[2] = 0  # a row with no response token
+    m = m.to(mask_dtype)
+    # verl's GAE computes ``1 - mask``, which torch refuses for bool; the drop-in takes bool
+    verl_m = m.long() if mask_dtype == torch.bool else m
+    want = core_algos.compute_gae_advantage_return(r, v, verl_m, 0.99, 0.95)
+    got = rv.compute_gae_advantage_return(r, v, m, 0.99, 0.95)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **_tol(torch.float32))
+    index = _index(rng, 6)
+    want = core_algos.compute_grpo_outcome_advantage(r.clone(), m, index)
+    got = rv.compute_grpo_outcome_advantage(r.clone(), m, index)
+    torch.testing.assert_close(got[0], want[0], **_tol(torch.float32))

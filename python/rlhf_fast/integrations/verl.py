@@ -51,7 +51,8 @@ Where the drop-ins differ
   computed in float32 and cast back. Reductions accumulate in float64, so results
   agree with verl's to float rounding, not bit for bit.
 - Masks must hold only 0 and 1 (bool, int or float). verl multiplies by whatever the
-  mask holds; other values raise ``InvalidArgumentError`` here.
+  mask holds; other values raise ``InvalidArgumentError`` here. A bool
+  ``response_mask`` works here; verl's GAE raises on it (torch has no ``1 - bool``).
 - Non-finite inputs at positions that take part raise ``NonFiniteError``; verl returns
   NaN/Inf. At masked-out positions they are never read here, while in verl's GAE
   loop ``x * 0`` lets a NaN/Inf there spread along the row (verl's masked sums
