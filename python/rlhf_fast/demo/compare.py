@@ -149,7 +149,8 @@ class PolicyEvaluator:
         tok, rows = self.tokenizer, []
         was_training = policy.training
         policy.eval()
-        with torch.random.fork_rng(devices=[]):  # the training run's RNG is left as it was
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the training run's RNG is left as it was
             torch.manual_seed(seed)
             for start in range(0, len(prompts), 128):
                 chunk = prompts[start : start + 128]
@@ -222,17 +223,23 @@ def _compare_seed(cfg: CompareConfig, seed: int, out: Path) -> dict[str, Any]:
     demo = json.loads((out / "summary.json").read_text())
     sft_dir, rm_dir, data = str(out / "sft" / "model"), str(out / "reward" / "model"), out / "data"
     shared = {**run_settings(cfg), "seed": seed, "tokenizer": ""}
-    evaluator = PolicyEvaluator(sft_dir, rm_dir, cfg.ppo.max_new_tokens, torch.device("cpu"))
+    from rlhf_fast.models import resolve_device
+
+    device = resolve_device(cfg.device)  # where the trainers put their policies
+    evaluator = PolicyEvaluator(sft_dir, rm_dir, cfg.ppo.max_new_tokens, device)
     eval_prompts = make_prompts(cfg.n_eval_samples, seed=seed + 4)  # the demo's held-out prompts
     from rlhf_fast.models import load_causal_lm
 
     results: dict[str, Any] = {
-        "sft": evaluator(load_causal_lm(sft_dir, evaluator.tokenizer), eval_prompts),
+        "sft": evaluator(load_causal_lm(sft_dir, evaluator.tokenizer).to(device), eval_prompts),
         "demo": demo,
     }
     ppo_seconds = demo["stage_seconds"]["ppo"]
     results["ppo"] = {
-        **evaluator(load_causal_lm(str(out / "ppo" / "policy"), evaluator.tokenizer), eval_prompts),
+        **evaluator(
+            load_causal_lm(str(out / "ppo" / "policy"), evaluator.tokenizer).to(device),
+            eval_prompts,
+        ),
         "seconds": ppo_seconds,
         "curve": _curve(
             out / "ppo" / "metrics" / "ppo.jsonl",
