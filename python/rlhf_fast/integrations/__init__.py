@@ -8,4 +8,6 @@ only for :func:`rlhf_fast.integrations.verl.register`.
 - :mod:`rlhf_fast.integrations.verl`: verl 0.9.1's ``core_algos`` advantage
   estimators, ``kl_penalty`` and ``masked_whiten``, plus registration in verl's
   advantage-estimator registry (``algorithm.adv_estimator=rlhf_fast_gae``).
+- :mod:`rlhf_fast.integrations.openrlhf`: OpenRLHF's ``get_advantages_and_returns``,
+  ``compute_reward`` and ``compute_approx_kl`` (OpenRLHF is never imported).
 """
