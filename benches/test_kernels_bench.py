@@ -111,11 +111,11 @@ def test_gae(benchmark, shape, impl):
     d = batch(b, t)
     r, v, m = d["rewards"], d["values"], d["mask"]
     if impl == "rlhf_fast":
-        fn = lambda: rlhf_fast.gae(r, v, m, GAMMA, LAM)  # noqa: E731
+        fn = lambda: rlhf_fast.gae(r, v, m, gamma=GAMMA, lam=LAM)  # noqa: E731
     elif impl == "rlhf_fast_out":
         adv_out, ret_out = np.empty_like(r), np.empty_like(r)
         fn = lambda: rlhf_fast.gae(  # noqa: E731
-            r, v, m, GAMMA, LAM, advantages_out=adv_out, returns_out=ret_out
+            r, v, m, gamma=GAMMA, lam=LAM, advantages_out=adv_out, returns_out=ret_out
         )
     elif impl == "numpy_loop":
         fn = lambda: gae_numpy_loop(r, v, m, GAMMA, LAM)  # noqa: E731
@@ -159,11 +159,11 @@ def test_kl_shaped_rewards(benchmark, shape, impl):
     d = batch(b, t)
     lp, ref, m, s = d["logprobs"], d["ref_logprobs"], d["mask"], d["scores"]
     if impl == "rlhf_fast":
-        fn = lambda: rlhf_fast.kl_shaped_rewards(lp, ref, m, s, KL_COEF)  # noqa: E731
+        fn = lambda: rlhf_fast.kl_shaped_rewards(lp, ref, m, s, kl_coef=KL_COEF)  # noqa: E731
     elif impl == "rlhf_fast_out":
         r_out, k_out = np.empty_like(lp), np.empty_like(lp)
         fn = lambda: rlhf_fast.kl_shaped_rewards(  # noqa: E731
-            lp, ref, m, s, KL_COEF, rewards_out=r_out, kl_out=k_out
+            lp, ref, m, s, kl_coef=KL_COEF, rewards_out=r_out, kl_out=k_out
         )
     elif impl == "numpy_loop":
         fn = lambda: kl_numpy(lp, ref, m, s, KL_COEF)  # noqa: E731
@@ -234,7 +234,7 @@ def test_group_advantages(benchmark, shape, impl):
     b, t = shape
     scores = batch(b, t)["rewards"].reshape(-1)  # B*T scores in groups of GROUP_SIZE
     if impl == "rlhf_fast":
-        fn = lambda: rlhf_fast.group_advantages(scores, GROUP_SIZE)  # noqa: E731
+        fn = lambda: rlhf_fast.group_advantages(scores, group_size=GROUP_SIZE)  # noqa: E731
     elif impl == "numpy_loop":
         fn = lambda: grpo_numpy(scores, GROUP_SIZE)  # noqa: E731
     else:

@@ -42,8 +42,8 @@ CASES = [
     ("gae-1d-rewards", lambda: gae(np.zeros(4), np.zeros(4), None), InvalidArgumentError, ["rewards", "2-D"]),
     ("gae-3d-values", lambda: gae(X, np.zeros((B, T, 1)), M), InvalidArgumentError, ["values", "shape"]),
     ("gae-packed-2d", lambda: gae(X, X, None, cu_seqlens=CU), InvalidArgumentError, ["rewards", "1-D"]),
-    ("kl-1d", lambda: kl_shaped_rewards(np.zeros(4), np.zeros(4), None, S, 0.1), InvalidArgumentError, ["logprobs", "2-D"]),
-    ("group-2d", lambda: group_advantages(X, 2), InvalidArgumentError, ["scores", "1-D"]),
+    ("kl-1d", lambda: kl_shaped_rewards(np.zeros(4), np.zeros(4), None, S, kl_coef=0.1), InvalidArgumentError, ["logprobs", "2-D"]),
+    ("group-2d", lambda: group_advantages(X, group_size=2), InvalidArgumentError, ["scores", "1-D"]),
     ("pad-2d-element", lambda: pad_ragged([np.zeros(3), np.zeros((2, 2))]), InvalidArgumentError, ["sequences[1]", "1-D"]),
     # shapes that disagree
     ("gae-values-shape", lambda: gae(X, np.zeros((B, T + 1)), M), InvalidArgumentError, ["values", "(3, 4)"]),
@@ -51,8 +51,8 @@ CASES = [
     ("gae-dones-shape", lambda: gae(X, X, M, dones=np.zeros((B + 1, T), bool)), InvalidArgumentError, ["dones", "shape"]),
     ("gae-bootstrap-shape", lambda: gae(X, X, M, bootstrap_values=np.zeros(B + 1)), InvalidArgumentError, ["bootstrap_values", "(3,)"]),
     ("gae-packed-bootstrap", lambda: gae(FLAT, FLAT, None, bootstrap_values=np.zeros(2), cu_seqlens=CU), InvalidArgumentError, ["bootstrap_values", "(3,)"]),
-    ("kl-scores-shape", lambda: kl_shaped_rewards(X, X, M, np.zeros(B + 2), 0.1), InvalidArgumentError, ["scores", "(3,)"]),
-    ("kl-ref-shape", lambda: kl_shaped_rewards(X, np.zeros((B, 2)), M, S, 0.1), InvalidArgumentError, ["ref_logprobs", "shape"]),
+    ("kl-scores-shape", lambda: kl_shaped_rewards(X, X, M, np.zeros(B + 2), kl_coef=0.1), InvalidArgumentError, ["scores", "(3,)"]),
+    ("kl-ref-shape", lambda: kl_shaped_rewards(X, np.zeros((B, 2)), M, S, kl_coef=0.1), InvalidArgumentError, ["ref_logprobs", "shape"]),
     ("mean-mask-shape", lambda: masked_mean(X, np.ones(T, bool)), InvalidArgumentError, ["mask", "shape"]),
     ("cu-past-end", lambda: gae(FLAT, FLAT, None, cu_seqlens=[0, 5, 13]), InvalidArgumentError, ["cu_seqlens", "13"]),
     ("cu-decreasing", lambda: masked_mean(FLAT, cu_seqlens=[0, 5, 3]), InvalidArgumentError, ["cu_seqlens", "non-decreasing"]),
@@ -64,25 +64,25 @@ CASES = [
     # empty batch
     ("gae-empty", lambda: gae(np.zeros((0, T)), np.zeros((0, T)), np.zeros((0, T), bool)), InvalidArgumentError, ["rewards", "empty"]),
     ("gae-empty-T", lambda: gae(np.zeros((B, 0)), np.zeros((B, 0)), None), InvalidArgumentError, ["rewards", "empty"]),
-    ("kl-empty", lambda: kl_shaped_rewards(np.zeros((0, T)), np.zeros((0, T)), None, np.zeros(0), 0.1), InvalidArgumentError, ["logprobs", "empty"]),
+    ("kl-empty", lambda: kl_shaped_rewards(np.zeros((0, T)), np.zeros((0, T)), None, np.zeros(0), kl_coef=0.1), InvalidArgumentError, ["logprobs", "empty"]),
     ("mean-empty", lambda: masked_mean(np.zeros(0)), InvalidArgumentError, ["x", "empty"]),
-    ("group-empty", lambda: group_advantages(np.zeros(0), 1), InvalidArgumentError, ["scores", "empty"]),
+    ("group-empty", lambda: group_advantages(np.zeros(0), group_size=1), InvalidArgumentError, ["scores", "empty"]),
     # non-float data where floats are due
     ("gae-int-rewards", lambda: gae(X.astype(np.int64), X, M), InvalidDtypeError, ["rewards", "int64", "float32"]),
     ("gae-str-values", lambda: gae(X, np.full((B, T), "a"), M), InvalidDtypeError, ["values", "float"]),
     ("gae-object", lambda: gae(X.astype(object), X, M), InvalidDtypeError, ["rewards", "object"]),
-    ("kl-complex", lambda: kl_shaped_rewards(X.astype(complex), X, M, S, 0.1), InvalidDtypeError, ["logprobs", "complex"]),
-    ("kl-int-scores", lambda: kl_shaped_rewards(X, X, M, np.zeros(B, int), 0.1), InvalidDtypeError, ["scores", "int64"]),
+    ("kl-complex", lambda: kl_shaped_rewards(X.astype(complex), X, M, S, kl_coef=0.1), InvalidDtypeError, ["logprobs", "complex"]),
+    ("kl-int-scores", lambda: kl_shaped_rewards(X, X, M, np.zeros(B, int), kl_coef=0.1), InvalidDtypeError, ["scores", "int64"]),
     ("whiten-float16", lambda: masked_whiten(X.astype(np.float16)), InvalidDtypeError, ["x", "float16"]),
-    ("group-bool", lambda: group_advantages(np.ones(4, bool), 2), InvalidDtypeError, ["scores", "bool"]),
+    ("group-bool", lambda: group_advantages(np.ones(4, bool), group_size=2), InvalidDtypeError, ["scores", "bool"]),
     # float arrays that must share a dtype
     ("gae-mixed-floats", lambda: gae(X, X32, M), InvalidDtypeError, ["values", "float32", "float64"]),
     ("gae-mixed-bootstrap", lambda: gae(X32, X32, M, bootstrap_values=S), InvalidDtypeError, ["bootstrap_values", "float64"]),
-    ("kl-mixed-scores", lambda: kl_shaped_rewards(X32, X32, M, S, 0.1), InvalidDtypeError, ["scores", "float64"]),
+    ("kl-mixed-scores", lambda: kl_shaped_rewards(X32, X32, M, S, kl_coef=0.1), InvalidDtypeError, ["scores", "float64"]),
     # masks holding anything but 0/1
     ("mask-2", lambda: gae(X, X, with_value(2, base=np.ones((B, T), np.int64))), InvalidArgumentError, ["mask", "0 and 1", "2"]),
     ("mask-uint8-7", lambda: gae(X, X, with_value(7, base=np.ones((B, T), np.uint8))), InvalidArgumentError, ["mask"]),
-    ("mask-half", lambda: kl_shaped_rewards(X, X, with_value(0.5, base=np.ones((B, T))), S, 0.1), InvalidArgumentError, ["mask", "0.5"]),
+    ("mask-half", lambda: kl_shaped_rewards(X, X, with_value(0.5, base=np.ones((B, T))), S, kl_coef=0.1), InvalidArgumentError, ["mask", "0.5"]),
     ("mask-nan", lambda: masked_mean(X, with_value(np.nan, base=np.ones((B, T))).astype(np.float32)), InvalidArgumentError, ["mask", "nan"]),
     ("mask-negative", lambda: masked_whiten(X, with_value(-1, base=np.ones((B, T), np.int8))), InvalidArgumentError, ["mask", "-1"]),
     ("dones-3", lambda: gae(X, X, M, dones=with_value(3, base=np.zeros((B, T), np.int32))), InvalidArgumentError, ["dones", "3"]),
@@ -95,20 +95,20 @@ CASES = [
     ("lam-nan", lambda: gae(X, X, M, lam=np.nan), InvalidArgumentError, ["lam", "NaN"]),
     ("gamma-str", lambda: gae(X, X, M, gamma="0.9"), InvalidDtypeError, ["gamma", "number"]),
     # kl_coef negative or not finite
-    ("kl-coef-negative", lambda: kl_shaped_rewards(X, X, M, S, -0.1), InvalidArgumentError, ["kl_coef", "-0.1"]),
-    ("kl-coef-inf", lambda: kl_shaped_rewards(X, X, M, S, float("inf")), InvalidArgumentError, ["kl_coef", "inf"]),
-    ("kl-coef-nan", lambda: kl_shaped_rewards(X, X, M, S, float("nan")), InvalidArgumentError, ["kl_coef", "NaN"]),
-    ("kl-clamp-zero", lambda: kl_shaped_rewards(X, X, M, S, 0.1, clamp=0.0), InvalidArgumentError, ["clamp", "> 0"]),
+    ("kl-coef-negative", lambda: kl_shaped_rewards(X, X, M, S, kl_coef=-0.1), InvalidArgumentError, ["kl_coef", "-0.1"]),
+    ("kl-coef-inf", lambda: kl_shaped_rewards(X, X, M, S, kl_coef=float("inf")), InvalidArgumentError, ["kl_coef", "inf"]),
+    ("kl-coef-nan", lambda: kl_shaped_rewards(X, X, M, S, kl_coef=float("nan")), InvalidArgumentError, ["kl_coef", "NaN"]),
+    ("kl-clamp-zero", lambda: kl_shaped_rewards(X, X, M, S, kl_coef=0.1, clamp=0.0), InvalidArgumentError, ["clamp", "> 0"]),
     # unknown estimator / normalize / side names
-    ("kl-estimator", lambda: kl_shaped_rewards(X, X, M, S, 0.1, estimator="k4"), InvalidArgumentError, ["estimator", "'k4'", "'k3'"]),
-    ("group-normalize", lambda: group_advantages(np.zeros(4), 2, normalize="mad"), InvalidArgumentError, ["normalize", "'mad'", "'std'"]),
+    ("kl-estimator", lambda: kl_shaped_rewards(X, X, M, S, kl_coef=0.1, estimator="k4"), InvalidArgumentError, ["estimator", "'k4'", "'k3'"]),
+    ("group-normalize", lambda: group_advantages(np.zeros(4), group_size=2, normalize="mad"), InvalidArgumentError, ["normalize", "'mad'", "'std'"]),
     ("pad-side", lambda: pad_ragged([np.zeros(2)], side="middle"), InvalidArgumentError, ["side", "'middle'", "'left'"]),
     # group size rules
-    ("group-size-0", lambda: group_advantages(np.zeros(4), 0), InvalidArgumentError, ["group_size", ">= 1", "0"]),
-    ("group-size-divides", lambda: group_advantages(np.zeros(6), 4), InvalidArgumentError, ["group_size", "6 scores", "groups of 4"]),
-    ("group-size-1-loo", lambda: group_advantages(np.zeros(6), 1, "none", leave_one_out=True), InvalidArgumentError, ["leave_one_out", "group_size"]),
-    ("group-size-1-std", lambda: group_advantages(np.zeros(6), 1), InvalidArgumentError, ["normalize", "group_size"]),
-    ("group-size-float", lambda: group_advantages(np.zeros(6), 2.0), InvalidDtypeError, ["group_size", "int"]),
+    ("group-size-0", lambda: group_advantages(np.zeros(4), group_size=0), InvalidArgumentError, ["group_size", ">= 1", "0"]),
+    ("group-size-divides", lambda: group_advantages(np.zeros(6), group_size=4), InvalidArgumentError, ["group_size", "6 scores", "groups of 4"]),
+    ("group-size-1-loo", lambda: group_advantages(np.zeros(6), group_size=1, normalize="none", leave_one_out=True), InvalidArgumentError, ["leave_one_out", "group_size"]),
+    ("group-size-1-std", lambda: group_advantages(np.zeros(6), group_size=1), InvalidArgumentError, ["normalize", "group_size"]),
+    ("group-size-float", lambda: group_advantages(np.zeros(6), group_size=2.0), InvalidDtypeError, ["group_size", "int"]),
     # whitening with fewer than 2 masked elements; all-masked moments
     ("whiten-one", lambda: masked_whiten(X, with_value(True, base=np.zeros((B, T), bool))), InvalidArgumentError, ["at least 2", "mask", "got 1"]),
     ("whiten-none", lambda: masked_whiten(X, np.zeros((B, T), bool)), InvalidArgumentError, ["mask", "got 0"]),
@@ -140,12 +140,12 @@ CASES = [
     ("inf-values", lambda: gae(X, with_value(np.inf), M), NonFiniteError, ["values", "inf"]),
     ("nan-bootstrap", lambda: gae(X, X, M, bootstrap_values=np.array([0, np.nan, 0])), NonFiniteError, ["bootstrap_values"]),
     ("nan-packed", lambda: gae(with_value(np.nan, 7, FLAT), FLAT, None, cu_seqlens=CU), NonFiniteError, ["rewards"]),
-    ("nan-logprobs", lambda: kl_shaped_rewards(with_value(np.nan), X, M, S, 0.1), NonFiniteError, ["logprobs"]),
-    ("inf-ref", lambda: kl_shaped_rewards(X, with_value(-np.inf), M, S, 0.1), NonFiniteError, ["ref_logprobs"]),
-    ("nan-scores", lambda: kl_shaped_rewards(X, X, M, np.array([0, 0, np.nan]), 0.1), NonFiniteError, ["scores"]),
+    ("nan-logprobs", lambda: kl_shaped_rewards(with_value(np.nan), X, M, S, kl_coef=0.1), NonFiniteError, ["logprobs"]),
+    ("inf-ref", lambda: kl_shaped_rewards(X, with_value(-np.inf), M, S, kl_coef=0.1), NonFiniteError, ["ref_logprobs"]),
+    ("nan-scores", lambda: kl_shaped_rewards(X, X, M, np.array([0, 0, np.nan]), kl_coef=0.1), NonFiniteError, ["scores"]),
     ("nan-mean", lambda: masked_mean(with_value(np.nan)), NonFiniteError, ["x"]),
     ("inf-whiten", lambda: masked_whiten(with_value(np.inf), M), NonFiniteError, ["x"]),
-    ("nan-group", lambda: group_advantages(np.array([0, np.nan, 1, 2]), 2), NonFiniteError, ["scores"]),
+    ("nan-group", lambda: group_advantages(np.array([0, np.nan, 1, 2]), group_size=2), NonFiniteError, ["scores"]),
 ]
 # fmt: on
 
@@ -170,7 +170,7 @@ def test_check_finite_false_skips_the_check():
     adv, _ = gae(rewards, X, M, check_finite=False)
     assert np.isnan(adv[1, :3]).all()
     masked_mean(with_value(np.inf), check_finite=False)
-    group_advantages(np.array([0, np.nan]), 2, check_finite=False)
+    group_advantages(np.array([0, np.nan]), group_size=2, check_finite=False)
 
 
 def test_non_finite_outside_the_mask_is_fine():
@@ -188,7 +188,10 @@ def test_fortran_ordered_masks_give_the_c_ordered_results():
     mask_c = np.ascontiguousarray(mask_f)
     for got, want in [
         (gae(r, v, mask_f, gamma=0.9, lam=0.8)[0], gae(r, v, mask_c, gamma=0.9, lam=0.8)[0]),
-        (kl_shaped_rewards(r, v, mask_f, S, 0.1)[0], kl_shaped_rewards(r, v, mask_c, S, 0.1)[0]),
+        (
+            kl_shaped_rewards(r, v, mask_f, S, kl_coef=0.1)[0],
+            kl_shaped_rewards(r, v, mask_c, S, kl_coef=0.1)[0],
+        ),
         (masked_whiten(r, mask_f), masked_whiten(r, mask_c)),
     ]:
         np.testing.assert_array_equal(got, want)

@@ -38,7 +38,7 @@ def test_pad_ragged_matches_reference(data, side, extra, pad_value):
     sequences, dtype = data
     longest = max(len(s) for s in sequences)
     max_length = None if extra is None else longest + extra
-    padded, mask = pad_ragged(sequences, pad_value, side, max_length)
+    padded, mask = pad_ragged(sequences, pad_value=pad_value, side=side, max_length=max_length)
     want, want_mask = reference.pad_ragged(sequences, pad_value, side, max_length)
     assert padded.dtype == np.dtype(dtype) and mask.dtype == np.bool_
     np.testing.assert_array_equal(padded, want)
@@ -53,7 +53,9 @@ def test_flat_offsets_and_gather(data, side, seed):
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, len(sequences), size=rng.integers(1, 10))  # repeats allowed
     pad_value = 1 if flat.dtype == np.bool_ else 7
-    padded, mask = pad_ragged(flat, pad_value, side, offsets=offsets, indices=indices)
+    padded, mask = pad_ragged(
+        flat, pad_value=pad_value, side=side, offsets=offsets, indices=indices
+    )
     chosen = [sequences[i] for i in indices]
     want, want_mask = reference.pad_ragged(chosen, pad_value, side)
     np.testing.assert_array_equal(padded, want)
@@ -73,8 +75,8 @@ def test_float_pad_value_and_lists_of_lists():
     drop_last=st.booleans(),
 )
 def test_minibatch_indices_cut_a_seeded_permutation(n, minibatch_size, seed, drop_last):
-    batches = minibatch_indices(n, minibatch_size, seed, drop_last)
-    perm = permutation(n, seed)
+    batches = minibatch_indices(n, minibatch_size, seed=seed, drop_last=drop_last)
+    perm = permutation(n, seed=seed)
     assert perm.dtype == np.int64
     np.testing.assert_array_equal(np.sort(perm), np.arange(n))
     full, rest = divmod(n, minibatch_size)
@@ -82,12 +84,12 @@ def test_minibatch_indices_cut_a_seeded_permutation(n, minibatch_size, seed, dro
     assert [len(b) for b in batches] == sizes
     if batches:
         np.testing.assert_array_equal(np.concatenate(batches), perm[: sum(sizes)])
-    again = minibatch_indices(n, minibatch_size, seed, drop_last)
+    again = minibatch_indices(n, minibatch_size, seed=seed, drop_last=drop_last)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
 
 
 def test_different_seeds_shuffle_differently_and_actually_shuffle():
-    a, b = permutation(1000, 1), permutation(1000, 2)
+    a, b = permutation(1000, seed=1), permutation(1000, seed=2)
     assert not np.array_equal(a, b)
     assert not np.array_equal(a, np.arange(1000))
 
@@ -95,9 +97,9 @@ def test_different_seeds_shuffle_differently_and_actually_shuffle():
 def test_seeded_permutation_is_pinned_across_releases():
     # The shuffle is part of the reproducibility contract: a changed generator
     # changes every training run, so a change must be deliberate.
-    assert permutation(10, 0).tolist() == [7, 8, 3, 1, 5, 4, 2, 0, 9, 6]
-    assert permutation(10, 12345).tolist() == [8, 2, 5, 4, 6, 3, 0, 9, 1, 7]
-    assert len({tuple(permutation(10, s).tolist()) for s in range(20)}) > 15
+    assert permutation(10, seed=0).tolist() == [7, 8, 3, 1, 5, 4, 2, 0, 9, 6]
+    assert permutation(10, seed=12345).tolist() == [8, 2, 5, 4, 6, 3, 0, 9, 1, 7]
+    assert len({tuple(permutation(10, seed=s).tolist()) for s in range(20)}) > 15
 
 
 def test_ops_docstring_examples():

@@ -70,7 +70,7 @@ def test_minibatches_match_reference_padding(count, minibatch_size, seed, side, 
             pad_value={"input_ids": 3},
         )
     )
-    expected = rlhf_fast.minibatch_indices(count, minibatch_size, seed, drop_last)
+    expected = rlhf_fast.minibatch_indices(count, minibatch_size, seed=seed, drop_last=drop_last)
     assert len(batches) == len(expected)
     for batch, indices in zip(batches, expected):
         np.testing.assert_array_equal(batch["indices"], indices)

@@ -28,7 +28,9 @@ def test_gae_matches_reference(batch: Padded, gamma, lam, with_bootstrap, with_d
     boot = (batch.rng.standard_normal(b) * 5).astype(batch.dtype) if with_bootstrap else None
     dones = (batch.rng.random((b, t)) < 0.2) if with_dones else None
 
-    adv, ret = gae(rewards, values, batch.mask, gamma, lam, boot, dones)
+    adv, ret = gae(
+        rewards, values, batch.mask, gamma=gamma, lam=lam, bootstrap_values=boot, dones=dones
+    )
 
     f64 = [np.asarray(a, dtype=np.float64) for a in (rewards, values)]
     boot64 = None if boot is None else boot.astype(np.float64)
@@ -48,16 +50,36 @@ def test_packed_equals_padded(batch: Padded, gamma, lam, with_dones):
     boot = (batch.rng.standard_normal(b) * 5).astype(batch.dtype)
     dones = (batch.rng.random((b, t)) < 0.2) if with_dones else None
 
-    adv, ret = gae(rewards, values, batch.mask, gamma, lam, boot, dones)
+    adv, ret = gae(
+        rewards, values, batch.mask, gamma=gamma, lam=lam, bootstrap_values=boot, dones=dones
+    )
 
     flat_r, cu = packed_from_padded(rewards, batch.bool_mask)
     flat_v, _ = packed_from_padded(values, batch.bool_mask)
     flat_d = None if dones is None else packed_from_padded(dones, batch.bool_mask)[0]
     if flat_r.size == 0:
         with pytest.raises(rlhf_fast.InvalidArgumentError, match="rewards is empty"):
-            gae(flat_r, flat_v, None, gamma, lam, boot, flat_d, cu_seqlens=cu)
+            gae(
+                flat_r,
+                flat_v,
+                None,
+                gamma=gamma,
+                lam=lam,
+                bootstrap_values=boot,
+                dones=flat_d,
+                cu_seqlens=cu,
+            )
         return
-    padv, pret = gae(flat_r, flat_v, None, gamma, lam, boot, flat_d, cu_seqlens=cu)
+    padv, pret = gae(
+        flat_r,
+        flat_v,
+        None,
+        gamma=gamma,
+        lam=lam,
+        bootstrap_values=boot,
+        dones=flat_d,
+        cu_seqlens=cu,
+    )
     np.testing.assert_array_equal(padv, adv[batch.bool_mask])
     np.testing.assert_array_equal(pret, ret[batch.bool_mask])
 
@@ -76,7 +98,7 @@ def test_packed_zeroes_elements_outside_the_rows(lengths, lead, tail, dtype, see
     if n == 0:
         return
     rewards, values = (rng.standard_normal(n).astype(dtype) for _ in range(2))
-    adv, ret = gae(rewards, values, None, 0.9, 0.8, cu_seqlens=cu)
+    adv, ret = gae(rewards, values, None, gamma=0.9, lam=0.8, cu_seqlens=cu)
     for out in (adv, ret):
         assert (out[: cu[0]] == 0).all() and (out[cu[-1] :] == 0).all()
     for row in range(len(lengths)):
@@ -109,7 +131,7 @@ def textbook_gae(rewards, values, gamma, lam):
 @given(batch=padded_batches(2, layouts=("full",), dtype=np.float64), gamma=unit, lam=unit)
 def test_equals_textbook_recursion_on_unmasked_rows(batch: Padded, gamma, lam):
     rewards, values = batch.fields
-    adv, ret = gae(rewards, values, batch.mask, gamma, lam)
+    adv, ret = gae(rewards, values, batch.mask, gamma=gamma, lam=lam)
     want_adv, want_ret = textbook_gae(rewards, values, gamma, lam)
     np.testing.assert_allclose(adv, want_adv, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ret, want_ret, rtol=1e-12, atol=1e-12)
@@ -152,7 +174,9 @@ def test_equals_cleanrl_nextnonterminal_loop(num_envs, num_steps, gamma, lam, se
     # Rows = environments. Our dones[:, t] says step t ends an episode, which is
     # CleanRL's "the next observation starts one": its dones shifted left by one.
     dones = np.concatenate([starts[1:], next_done[None]], axis=0).T
-    adv, ret = gae(rewards.T, values.T, None, gamma, lam, bootstrap_values=next_value, dones=dones)
+    adv, ret = gae(
+        rewards.T, values.T, None, gamma=gamma, lam=lam, bootstrap_values=next_value, dones=dones
+    )
     np.testing.assert_allclose(adv, want_adv.T, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ret, want_ret.T, rtol=1e-12, atol=1e-12)
 
@@ -176,7 +200,7 @@ def test_bootstrap_applies_after_last_masked_token_and_dones_override_it():
     adv, _ = gae(rewards, values, mask, gamma=0.5, lam=1.0, bootstrap_values=boot)
     np.testing.assert_allclose(adv, [[0.5, 1.0, 0.0], [0.0, 1.0, 2.0]])
     dones = np.array([[0, 1, 0], [0, 0, 0]])
-    adv, _ = gae(rewards, values, mask, 0.5, 1.0, boot, dones)
+    adv, _ = gae(rewards, values, mask, gamma=0.5, lam=1.0, bootstrap_values=boot, dones=dones)
     np.testing.assert_allclose(adv, [[0.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
 
 
@@ -185,7 +209,8 @@ def test_mask_none_equals_all_ones(batch: Padded):
     rewards, values = batch.fields
     ones = np.ones(batch.shape, dtype=bool)
     for got, want in zip(
-        gae(rewards, values, None, 0.97, 0.9), gae(rewards, values, ones, 0.97, 0.9)
+        gae(rewards, values, None, gamma=0.97, lam=0.9),
+        gae(rewards, values, ones, gamma=0.97, lam=0.9),
     ):
         np.testing.assert_array_equal(got, want)
 
@@ -202,10 +227,12 @@ def test_out_buffers_are_written_in_place(dtype, packed):
         rewards, cu = packed_from_padded(rewards, mask)
         values, _ = packed_from_padded(values, mask)
         args, kwargs = (rewards, values, None), dict(cu_seqlens=cu)
-    want = gae(*args, 0.99, 0.95, **kwargs)
+    want = gae(*args, gamma=0.99, lam=0.95, **kwargs)
     adv_out = np.full(rewards.shape, np.nan, dtype=dtype)  # garbage that must be overwritten
     ret_out = np.full(rewards.shape, np.nan, dtype=dtype)
-    adv, ret = gae(*args, 0.99, 0.95, advantages_out=adv_out, returns_out=ret_out, **kwargs)
+    adv, ret = gae(
+        *args, gamma=0.99, lam=0.95, advantages_out=adv_out, returns_out=ret_out, **kwargs
+    )
     assert adv is adv_out and ret is ret_out
     np.testing.assert_array_equal(adv_out, want[0])
     np.testing.assert_array_equal(ret_out, want[1])
@@ -239,7 +266,18 @@ def test_thread_count_does_not_change_the_bits(dtype, seed, layout):
         results = []
         for threads in (1, 2, 3):
             rlhf_fast.set_num_threads(threads)
-            results.append(gae(rewards, values, mask, 0.99, 0.95, boot, dones, **kwargs))
+            results.append(
+                gae(
+                    rewards,
+                    values,
+                    mask,
+                    gamma=0.99,
+                    lam=0.95,
+                    bootstrap_values=boot,
+                    dones=dones,
+                    **kwargs,
+                )
+            )
     finally:
         rlhf_fast.set_num_threads(before)
     for adv, ret in results[1:]:

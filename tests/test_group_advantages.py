@@ -37,7 +37,9 @@ def test_matches_reference(data, normalize, leave_one_out, eps):
     scores, group_size = data
     if group_size == 1 and (leave_one_out or normalize == "std"):
         return  # rejected (see test_bad_input)
-    got = group_advantages(scores, group_size, normalize, leave_one_out, eps=eps)
+    got = group_advantages(
+        scores, group_size=group_size, normalize=normalize, leave_one_out=leave_one_out, eps=eps
+    )
     scores64 = scores.astype(np.float64)
     want = reference.group_advantages(scores64, group_size, normalize, leave_one_out, eps)
     assert got.dtype == scores.dtype and got.shape == scores.shape
@@ -52,20 +54,20 @@ def test_closed_forms(data):
     # GRPO: (s - mean) / (std + eps)
     grpo = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(
-        group_advantages(scores, group_size).reshape(g.shape), grpo, rtol=1e-5, atol=1e-4
+        group_advantages(scores, group_size=group_size).reshape(g.shape), grpo, rtol=1e-5, atol=1e-4
     )
     # RLOO: s_i minus the mean of the others.
     others = (g.sum(1, keepdims=True) - g) / (group_size - 1)
-    rloo = group_advantages(scores, group_size, "none", leave_one_out=True)
+    rloo = group_advantages(scores, group_size=group_size, normalize="none", leave_one_out=True)
     np.testing.assert_allclose(rloo.reshape(g.shape), g - others, **tol)
     # Dr. GRPO: the plain difference from the mean.
-    plain = group_advantages(scores, group_size, "none")
+    plain = group_advantages(scores, group_size=group_size, normalize="none")
     np.testing.assert_allclose(plain.reshape(g.shape), g - g.mean(1, keepdims=True), **tol)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_equal_scores_give_zero_advantage(dtype):
     scores = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.0], dtype=dtype)
-    adv = group_advantages(scores, 3)
+    adv = group_advantages(scores, group_size=3)
     np.testing.assert_array_equal(adv[:3], 0.0)
     assert adv[3] < 0 < adv[4]

@@ -27,7 +27,13 @@ def test_matches_reference(batch: Padded, kl_coef, estimator, clamp):
     scores = (batch.rng.standard_normal(batch.shape[0]) * 3).astype(batch.dtype)
 
     rewards, kl = kl_shaped_rewards(
-        logprobs, ref_logprobs, batch.mask, scores, kl_coef, estimator, clamp
+        logprobs,
+        ref_logprobs,
+        batch.mask,
+        scores,
+        kl_coef=kl_coef,
+        estimator=estimator,
+        clamp=clamp,
     )
 
     f64 = [np.asarray(a, dtype=np.float64) for a in (logprobs, ref_logprobs, scores)]
@@ -46,14 +52,21 @@ def test_packed_equals_padded(batch: Padded, estimator, clamp):
     logprobs, ref_logprobs = batch.fields
     scores = batch.rng.standard_normal(batch.shape[0]).astype(batch.dtype)
     rewards, kl = kl_shaped_rewards(
-        logprobs, ref_logprobs, batch.mask, scores, 0.1, estimator, clamp
+        logprobs, ref_logprobs, batch.mask, scores, kl_coef=0.1, estimator=estimator, clamp=clamp
     )
     flat_lp, cu = packed_from_padded(logprobs, batch.bool_mask)
     flat_ref, _ = packed_from_padded(ref_logprobs, batch.bool_mask)
     if flat_lp.size == 0:
         return  # an all-masked batch has no packed form (empty input is an error)
     p_rewards, p_kl = kl_shaped_rewards(
-        flat_lp, flat_ref, None, scores, 0.1, estimator, clamp, cu_seqlens=cu
+        flat_lp,
+        flat_ref,
+        None,
+        scores,
+        kl_coef=0.1,
+        estimator=estimator,
+        clamp=clamp,
+        cu_seqlens=cu,
     )
     np.testing.assert_array_equal(p_rewards, rewards[batch.bool_mask])
     np.testing.assert_array_equal(p_kl, kl[batch.bool_mask])
@@ -75,10 +88,12 @@ def test_estimators_match_closed_forms(dtype):
     }
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     for name, want in closed.items():
-        rewards, kl = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, 0.5, name)
+        rewards, kl = kl_shaped_rewards(
+            logprobs, ref_logprobs, mask, scores, kl_coef=0.5, estimator=name
+        )
         np.testing.assert_allclose(kl[0], want, rtol=rtol, atol=rtol, err_msg=name)
         np.testing.assert_allclose(rewards[0], -0.5 * want, rtol=rtol, atol=rtol, err_msg=name)
-    _, k3 = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, 0.5, "k3")
+    _, k3 = kl_shaped_rewards(logprobs, ref_logprobs, mask, scores, kl_coef=0.5, estimator="k3")
     assert (k3 >= 0).all(), "k3 is non-negative"
 
 
@@ -92,7 +107,9 @@ def test_score_goes_on_last_masked_token_not_on_padding():
             [1, 0, 1, 0, 0],  # a hole: score at t=2
         ]
     )
-    rewards, _ = kl_shaped_rewards(logprobs, ref_logprobs, mask, np.array([1.0, 2.0, 3.0]), 0.1)
+    rewards, _ = kl_shaped_rewards(
+        logprobs, ref_logprobs, mask, np.array([1.0, 2.0, 3.0]), kl_coef=0.1
+    )
     want = np.zeros((3, 5))
     want[0, 2], want[1, 4], want[2, 2] = 1.0, 2.0, 3.0
     np.testing.assert_array_equal(rewards, want)
@@ -104,7 +121,7 @@ def test_row_without_masked_tokens_gets_no_score():
         np.zeros((2, 3)),
         np.array([[0, 0, 0], [1, 1, 0]]),
         np.array([5.0, 7.0]),
-        1.0,
+        kl_coef=1.0,
     )
     np.testing.assert_array_equal(rewards, [[0, 0, 0], [-1, 6, 0]])
     np.testing.assert_array_equal(kl, [[0, 0, 0], [1, 1, 0]])
@@ -112,7 +129,9 @@ def test_row_without_masked_tokens_gets_no_score():
 
 def test_clamp_bounds_the_estimate_both_ways():
     logprobs = np.array([[5.0, -5.0, 0.5]])
-    rewards, kl = kl_shaped_rewards(logprobs, np.zeros_like(logprobs), None, None, 1.0, "k1", 2.0)
+    rewards, kl = kl_shaped_rewards(
+        logprobs, np.zeros_like(logprobs), None, None, kl_coef=1.0, estimator="k1", clamp=2.0
+    )
     np.testing.assert_array_equal(kl, [[2.0, -2.0, 0.5]])
     np.testing.assert_array_equal(rewards, [[-2.0, 2.0, -0.5]])
 
@@ -123,10 +142,10 @@ def test_out_buffers(dtype):
     lp, ref = (rng.standard_normal((3, 7)).astype(dtype) for _ in range(2))
     mask = rng.random((3, 7)) < 0.7
     scores = rng.standard_normal(3).astype(dtype)
-    want = kl_shaped_rewards(lp, ref, mask, scores, 0.2, "k3")
+    want = kl_shaped_rewards(lp, ref, mask, scores, kl_coef=0.2, estimator="k3")
     rewards_out, kl_out = np.full((3, 7), np.nan, dtype), np.full((3, 7), np.nan, dtype)
     got = kl_shaped_rewards(
-        lp, ref, mask, scores, 0.2, "k3", rewards_out=rewards_out, kl_out=kl_out
+        lp, ref, mask, scores, kl_coef=0.2, estimator="k3", rewards_out=rewards_out, kl_out=kl_out
     )
     assert got[0] is rewards_out and got[1] is kl_out
     np.testing.assert_array_equal(rewards_out, want[0])
@@ -145,7 +164,11 @@ def test_thread_count_does_not_change_the_bits(dtype, seed, estimator):
         results = []
         for threads in (1, 2, 3):
             rlhf_fast.set_num_threads(threads)
-            results.append(kl_shaped_rewards(lp, ref, mask, scores, 0.05, estimator, 10.0))
+            results.append(
+                kl_shaped_rewards(
+                    lp, ref, mask, scores, kl_coef=0.05, estimator=estimator, clamp=10.0
+                )
+            )
     finally:
         rlhf_fast.set_num_threads(before)
     for rewards, kl in results[1:]:

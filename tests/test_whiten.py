@@ -28,9 +28,9 @@ def test_moments_match_reference(batch: Padded, unbiased):
     np.testing.assert_allclose(mean, reference.masked_mean(x64, batch.bool_mask), **tol)
     if count < (2 if unbiased else 1):
         with pytest.raises(rlhf_fast.InvalidArgumentError, match="mask selects 1"):
-            masked_var(x, batch.mask, unbiased)
+            masked_var(x, batch.mask, unbiased=unbiased)
         return
-    var = masked_var(x, batch.mask, unbiased)
+    var = masked_var(x, batch.mask, unbiased=unbiased)
     want = reference.masked_var(x64, batch.bool_mask, unbiased)
     np.testing.assert_allclose(var, want, rtol=tol["rtol"], atol=tol["atol"] * (1 + want))
 
@@ -50,11 +50,11 @@ def test_whiten_matches_reference(batch: Padded, shift_mean, unbiased, eps, use_
     x64 = x.astype(np.float64)
     if count < 2:
         with pytest.raises(rlhf_fast.InvalidArgumentError, match="at least 2"):
-            masked_whiten(x, mask, shift_mean, eps, unbiased=unbiased)
+            masked_whiten(x, mask, shift_mean=shift_mean, eps=eps, unbiased=unbiased)
         return
     if reference.masked_var(x64, bool_mask, unbiased) + eps == 0:
         return  # constant input with eps=0: division by zero (covered by the error tests)
-    got = masked_whiten(x, mask, shift_mean, eps, unbiased=unbiased)
+    got = masked_whiten(x, mask, shift_mean=shift_mean, eps=eps, unbiased=unbiased)
     want = reference.masked_whiten(x64, bool_mask, shift_mean, eps, unbiased)
     assert got.dtype == batch.dtype and got.shape == x.shape
     np.testing.assert_allclose(got, want, **tolerance(batch.dtype, want, x64, steps=4))
@@ -76,9 +76,9 @@ def test_packed_equals_padded(batch: Padded, shift_mean):
     np.testing.assert_allclose(
         masked_var(flat, cu_seqlens=cu), var, rtol=tol["rtol"], atol=tol["atol"] * (1 + var)
     )
-    whitened = masked_whiten(x, batch.mask, shift_mean)
+    whitened = masked_whiten(x, batch.mask, shift_mean=shift_mean)
     np.testing.assert_allclose(
-        masked_whiten(flat, None, shift_mean, cu_seqlens=cu),
+        masked_whiten(flat, None, shift_mean=shift_mean, cu_seqlens=cu),
         whitened[batch.bool_mask],
         **tolerance(batch.dtype, whitened, steps=4),
     )

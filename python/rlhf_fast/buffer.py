@@ -348,7 +348,7 @@ class RolloutBuffer:
                 "RolloutBuffer.minibatches: the buffer is empty; add rollouts first"
             )
         offsets = self._offsets.view()
-        batches = ops.minibatch_indices(len(self), minibatch_size, seed, drop_last)
+        batches = ops.minibatch_indices(len(self), minibatch_size, seed=seed, drop_last=drop_last)
         if group_by_length:
             batches = self._length_grouped(batches, minibatch_size, seed, drop_last)
         for indices in batches:
@@ -356,7 +356,12 @@ class RolloutBuffer:
             for name, store in self._tokens.items():
                 pad: Any = pads.get(name, 0) if pads is not None else pad_value
                 batch[name], batch["mask"] = ops.pad_ragged(
-                    store.view(), pad, side, length, offsets=offsets, indices=indices
+                    store.view(),
+                    pad_value=pad,
+                    side=side,
+                    max_length=length,
+                    offsets=offsets,
+                    indices=indices,
                 )
             for name, store in self._scalars.items():
                 batch[name] = store.view()[indices]
@@ -370,7 +375,7 @@ class RolloutBuffer:
     ) -> list[np.ndarray]:
         """The seeded permutation in ``batches``, regrouped by length bucket."""
         if drop_last:  # regroup every rollout, then drop the short minibatch
-            batches = ops.minibatch_indices(len(self), minibatch_size, seed, False)
+            batches = ops.minibatch_indices(len(self), minibatch_size, seed=seed, drop_last=False)
         order = np.concatenate(list(batches))
         buckets = self.lengths[order] // LENGTH_BUCKET
         order = order[np.argsort(-buckets, kind="stable")]  # ties keep their shuffled order

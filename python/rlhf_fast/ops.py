@@ -291,11 +291,11 @@ def gae(
     rewards: Array,
     values: Array,
     mask: Array | None = None,
+    *,
     gamma: float = 1.0,
     lam: float = 0.95,
     bootstrap_values: Array | None = None,
     dones: Array | None = None,
-    *,
     cu_seqlens: Array | None = None,
     advantages_out: Array | None = None,
     returns_out: Array | None = None,
@@ -379,10 +379,10 @@ def kl_shaped_rewards(
     ref_logprobs: Array,
     mask: Array | None,
     scores: Array | None,
+    *,
     kl_coef: float,
     estimator: str = "k1",
     clamp: float | None = None,
-    *,
     cu_seqlens: Array | None = None,
     rewards_out: Array | None = None,
     kl_out: Array | None = None,
@@ -506,8 +506,8 @@ def masked_mean(
 def masked_var(
     x: Array,
     mask: Array | None = None,
-    unbiased: bool = True,
     *,
+    unbiased: bool = True,
     cu_seqlens: Array | None = None,
     check_finite: bool = True,
 ) -> Any:
@@ -541,9 +541,9 @@ def masked_var(
 def masked_whiten(
     x: Array,
     mask: Array | None = None,
+    *,
     shift_mean: bool = True,
     eps: float = 1e-8,
-    *,
     unbiased: bool = True,
     cu_seqlens: Array | None = None,
     out: Array | None = None,
@@ -600,10 +600,10 @@ def masked_whiten(
 # ------------------------------------------------------------------ group advantages
 def group_advantages(
     scores: Array,
+    *,
     group_size: int,
     normalize: str = "std",
     leave_one_out: bool = False,
-    *,
     eps: float = 1e-6,
     check_finite: bool = True,
 ) -> Array:
@@ -635,7 +635,7 @@ def group_advantages(
 
     Example:
         >>> import numpy as np
-        >>> group_advantages(np.array([1.0, 3.0, 0.0, 0.0]), 2, normalize="none")
+        >>> group_advantages(np.array([1.0, 3.0, 0.0, 0.0]), group_size=2, normalize="none")
         array([-1.,  1.,  0.,  0.])
     """
     fn = "group_advantages"
@@ -715,10 +715,10 @@ def _ragged_parts(
 
 def pad_ragged(
     sequences: Any,
+    *,
     pad_value: float = 0,
     side: str = "right",
     max_length: int | None = None,
-    *,
     offsets: Array | None = None,
     indices: Array | None = None,
 ) -> tuple[Array, Array]:
@@ -794,7 +794,7 @@ def pad_ragged(
 
 
 def minibatch_indices(
-    n: int, minibatch_size: int, seed: int, drop_last: bool = False
+    n: int, minibatch_size: int, *, seed: int, drop_last: bool = False
 ) -> list[np.ndarray]:
     """A seeded shuffle of ``range(n)`` cut into minibatches of ``minibatch_size``.
 
@@ -827,7 +827,7 @@ def minibatch_indices(
     )
 
 
-def permutation(n: int, seed: int) -> np.ndarray:
+def permutation(n: int, *, seed: int) -> np.ndarray:
     """The seeded permutation of ``range(n)`` (int64 ``[n]``) that ``minibatch_indices`` cuts.
 
     Example:

@@ -77,7 +77,9 @@ def compute_approx_kl(log_probs: Any, log_probs_base: Any, kl_estimator: str = "
         return (-lr).exp() - 1 + lr
     shape = lp.shape
     lp2 = lp.reshape(1, -1) if lp.dim() < 2 else lp.reshape(-1, shape[-1])
-    _, kl = ops.kl_shaped_rewards(lp2, base.reshape(lp2.shape), None, None, 0.0, kl_estimator)
+    _, kl = ops.kl_shaped_rewards(
+        lp2, base.reshape(lp2.shape), None, None, kl_coef=0.0, estimator=kl_estimator
+    )
     return kl.reshape(shape)
 
 
@@ -99,7 +101,7 @@ def compute_reward(
     # the kernel: -kl_coef * kl on the action tokens plus the score on the last one
     x = _kernel_float(kl)
     rewards, _ = ops.kl_shaped_rewards(
-        x, torch.zeros_like(x), keep, r.to(x.dtype), float(kl_coef), "k1"
+        x, torch.zeros_like(x), keep, r.to(x.dtype), kl_coef=float(kl_coef), estimator="k1"
     )
     rewards = torch.where(keep, rewards, -kl_coef * x)
     empty = ~keep.any(dim=1)

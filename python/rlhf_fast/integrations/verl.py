@@ -220,7 +220,11 @@ def _grouped_advantages(
                 out[sel] = x[sel] / (1.0 + eps)
             continue
         out[sel] = ops.group_advantages(
-            x[sel].contiguous(), size, normalize=normalize, leave_one_out=leave_one_out, eps=eps
+            x[sel].contiguous(),
+            group_size=size,
+            normalize=normalize,
+            leave_one_out=leave_one_out,
+            eps=eps,
         )
     return out.to(scores.dtype)
 
@@ -294,7 +298,9 @@ def _kl_kernel(logprob: Any, ref_logprob: Any, estimator: str, clamp: float | No
         shape = lp.shape
         lp2 = lp.reshape(1, -1) if lp.dim() < 2 else lp.reshape(-1, shape[-1])
         ref2 = ref.reshape(lp2.shape)
-        _, kl = ops.kl_shaped_rewards(lp2, ref2, None, None, 0.0, estimator, clamp)
+        _, kl = ops.kl_shaped_rewards(
+            lp2, ref2, None, None, kl_coef=0.0, estimator=estimator, clamp=clamp
+        )
     return kl.reshape(shape).to(logprob.dtype)
 
 

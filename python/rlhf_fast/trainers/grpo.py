@@ -66,7 +66,9 @@ class GRPOTrainer(GroupTrainer):
     def advantages(self, batch: GroupRollout) -> torch.Tensor:
         """``[B]``: (score - group mean) / (group std + eps), or without the division."""
         cfg = self.config
-        return ops.group_advantages(batch.scores, cfg.group_size, normalize=cfg.normalize)
+        return ops.group_advantages(
+            batch.scores, group_size=cfg.group_size, normalize=cfg.normalize
+        )
 
     def policy_loss(
         self, logprobs: torch.Tensor, mask: torch.Tensor, mb: dict[str, torch.Tensor]

@@ -69,7 +69,7 @@ class RLOOTrainer(GroupTrainer):
         )  # (B, T)
         total = rewards.sum(-1)  # (B,) score - kl_coef * KL
         advantages = ops.group_advantages(
-            total, cfg.group_size, normalize="none", leave_one_out=True
+            total, group_size=cfg.group_size, normalize="none", leave_one_out=True
         )
         if cfg.whiten_advantages:
             advantages = ops.masked_whiten(advantages[None], torch.ones_like(advantages[None]))[0]
