@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rlhf_fast.trainers import distributed as dist
 
-__all__ = ["CheckpointState", "run_loop", "seeded_batch"]
+__all__ = ["CheckpointState", "restore_latest", "run_loop", "save_if_due", "seeded_batch"]
 
 
 def seeded_batch(n: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -54,6 +54,42 @@ class CheckpointState:
     restore_extra: Optional[Callable[[dict[str, Any]], None]] = None
 
 
+def restore_latest(cfg: Any, state: CheckpointState) -> Optional[int]:
+    """With ``cfg.resume``, load the latest checkpoint under ``output_dir/checkpoints`` into
+    ``state`` and return its step; ``None`` when not resuming or there is none yet."""
+    from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint
+
+    dist.barrier()  # every rank sees the same checkpoints
+    path = latest_checkpoint(Path(cfg.output_dir) / "checkpoints") if cfg.resume else None
+    if path is None:
+        return None
+    loaded = load_checkpoint(
+        path, modules=state.modules, optimizers=state.optimizers, schedulers=state.schedulers
+    )
+    if state.restore_extra is not None:
+        state.restore_extra(loaded["extra"])
+    return int(loaded["step"])
+
+
+def save_if_due(cfg: Any, step: int, checkpoint_state: Callable[[], CheckpointState]) -> None:
+    """Checkpoint every ``cfg.save_every`` steps and at ``cfg.max_steps``; rank 0 writes."""
+    from rlhf_fast.checkpoint import save_checkpoint
+
+    if step % cfg.save_every != 0 and step != cfg.max_steps:
+        return
+    state = checkpoint_state()
+    if dist.is_main_process():
+        save_checkpoint(
+            Path(cfg.output_dir) / "checkpoints",
+            step=step,
+            modules=state.modules,
+            optimizers=state.optimizers,
+            schedulers=state.schedulers,
+            extra=state.extra,
+        )
+    dist.barrier()
+
+
 def run_loop(
     trainer: Any,
     stage: str,
@@ -63,23 +99,13 @@ def run_loop(
     postfix: Sequence[str] = (),
 ) -> dict[str, float]:
     """Train ``trainer`` up to ``config.max_steps``; returns the last logged metrics."""
-    from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from rlhf_fast.metrics import MetricsLogger
 
     cfg = trainer.config
-    out = Path(cfg.output_dir)
-    ckpt_dir = out / "checkpoints"
-    state = trainer.checkpoint_state()
-    dist.barrier()  # every rank sees the same checkpoints
-    if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-        loaded = load_checkpoint(
-            path, modules=state.modules, optimizers=state.optimizers, schedulers=state.schedulers
-        )
-        trainer.step = loaded["step"]
-        if state.restore_extra is not None:
-            state.restore_extra(loaded["extra"])
+    if (resumed := restore_latest(cfg, trainer.checkpoint_state())) is not None:
+        trainer.step = resumed
     logger = MetricsLogger(
-        out,
+        Path(cfg.output_dir),
         stage,
         tensorboard=cfg.tensorboard,
         resume_step=trainer.step if cfg.resume else None,
@@ -111,18 +137,7 @@ def run_loop(
         bar.update(1)
         if postfix:
             bar.set_postfix({k.rsplit("/", 1)[-1]: f"{metrics[k]:.3f}" for k in postfix})
-        if trainer.step % cfg.save_every == 0 or last:
-            state = trainer.checkpoint_state()
-            if dist.is_main_process():
-                save_checkpoint(
-                    ckpt_dir,
-                    step=trainer.step,
-                    modules=state.modules,
-                    optimizers=state.optimizers,
-                    schedulers=state.schedulers,
-                    extra=state.extra,
-                )
-            dist.barrier()
+        save_if_due(cfg, trainer.step, trainer.checkpoint_state)
     bar.close()
     logger.close()
     return logged

@@ -57,6 +57,7 @@ from rlhf_fast.sampling import sample_responses
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.kl_controller import make_kl_controller
+from rlhf_fast.trainers.loop import CheckpointState, restore_latest, save_if_due, seeded_batch
 from rlhf_fast.trainers.losses import clipped_surrogate_loss, clipped_value_loss
 from rlhf_fast.trainers.runtime import (
     autocast,
@@ -472,30 +473,21 @@ class PPOTrainer:
         }
 
     # ------------------------------------------------------------------ 5. the loop
-    def _prompts_for(self, step: int) -> list[str]:
-        """Prompts of iteration ``step``: epoch-wise seeded permutations (resumable)."""
-        n, bs = len(self.prompts), self.config.rollout_batch_size
-        out: list[str] = []
-        while len(out) < bs:
-            epoch, offset = divmod(step * bs + len(out), n)
-            perm = torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-            )
-            out.extend(self.prompts[i] for i in perm[offset : offset + bs - len(out)].tolist())
-        return out
+    def checkpoint_state(self) -> CheckpointState:
+        """What a checkpoint holds: weights, optimizer, the KL controller's coefficient."""
+        return CheckpointState(
+            modules={"model": self.model},
+            optimizers={"optimizer": self.optimizer},
+            extra={"kl_controller": self.kl_controller.state_dict(), "config": asdict(self.config)},
+            restore_extra=lambda extra: self.kl_controller.load_state_dict(extra["kl_controller"]),
+        )
 
     def train(self) -> dict[str, Any]:
-        from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
         from rlhf_fast.metrics import MetricsLogger
 
         cfg, out = self.config, Path(self.config.output_dir)
-        ckpt_dir = out / "checkpoints"
-        modules, optimizers = {"model": self.model}, {"optimizer": self.optimizer}
-        dist.barrier()  # every rank sees the same checkpoints
-        if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-            state = load_checkpoint(path, modules=modules, optimizers=optimizers)
-            self.step = state["step"]
-            self.kl_controller.load_state_dict(state["extra"]["kl_controller"])
+        if (resumed := restore_latest(cfg, self.checkpoint_state())) is not None:
+            self.step = resumed
         logger = MetricsLogger(
             out,
             "ppo",
@@ -514,7 +506,8 @@ class PPOTrainer:
             if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
                 seed_everything(dist.rank_seed(cfg.seed, self.step))
             t0 = time.perf_counter()
-            batch = self.rollout(dist.shard(self._prompts_for(self.step)))
+            order = seeded_batch(len(self.prompts), cfg.rollout_batch_size, self.step, cfg.seed)
+            batch = self.rollout(dist.shard([self.prompts[i] for i in order]))
             t_rollout = time.perf_counter() - t0
             metrics = self.train_step(batch)
             self.step += 1
@@ -536,19 +529,7 @@ class PPOTrainer:
             bar.set_postfix(
                 score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
             )
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                if dist.is_main_process():
-                    save_checkpoint(
-                        ckpt_dir,
-                        step=self.step,
-                        modules=modules,
-                        optimizers=optimizers,
-                        extra={
-                            "kl_controller": self.kl_controller.state_dict(),
-                            "config": asdict(cfg),
-                        },
-                    )
-                dist.barrier()
+            save_if_due(cfg, self.step, self.checkpoint_state)
         bar.close()
         logger.close()
         policy_dir = out / "policy"

@@ -27,6 +27,7 @@ from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import RewardModel, load_causal_lm
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
+from rlhf_fast.trainers.loop import CheckpointState, restore_latest, save_if_due, seeded_batch
 from rlhf_fast.trainers.losses import bradley_terry_loss
 from rlhf_fast.trainers.runtime import (
     autocast,
@@ -154,17 +155,6 @@ class RewardTrainer:
         with autocast(self.device, self.config.bf16_autocast):
             return (model or self.model)(ids.to(self.device), mask.to(self.device))
 
-    def _batch_indices(self, step: int) -> list[int]:
-        n, bs = len(self.train_rows), self.config.batch_size
-        out: list[int] = []
-        while len(out) < bs:
-            epoch, offset = divmod(step * bs + len(out), n)
-            perm = torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-            )
-            out.extend(perm[offset : offset + bs - len(out)].tolist())
-        return out
-
     @torch.no_grad()
     def evaluate(self, batch_size: int = 256) -> dict[str, float]:
         """Held-out pairwise accuracy (ties count half), loss, and score mean/std."""
@@ -187,22 +177,21 @@ class RewardTrainer:
             "eval/score_std": both.std().item(),
         }
 
+    def checkpoint_state(self) -> CheckpointState:
+        """What a checkpoint holds: weights, optimizer, LR schedule (and the run's config)."""
+        return CheckpointState(
+            modules={"model": self.model},
+            optimizers={"optimizer": self.optimizer},
+            schedulers={"scheduler": self.scheduler},
+            extra={"config": asdict(self.config)},
+        )
+
     def train(self) -> dict[str, Any]:
-        from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
         from rlhf_fast.metrics import MetricsLogger
 
         cfg, out = self.config, Path(self.config.output_dir)
-        ckpt_dir = out / "checkpoints"
-        modules, optimizers, schedulers = (
-            {"model": self.model},
-            {"optimizer": self.optimizer},
-            {"scheduler": self.scheduler},
-        )
-        dist.barrier()  # every rank sees the same checkpoints
-        if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-            self.step = load_checkpoint(
-                path, modules=modules, optimizers=optimizers, schedulers=schedulers
-            )["step"]
+        if (resumed := restore_latest(cfg, self.checkpoint_state())) is not None:
+            self.step = resumed
         logger = MetricsLogger(
             out,
             "reward",
@@ -220,7 +209,8 @@ class RewardTrainer:
             disable=not cfg.progress or not dist.is_main_process(),
         )
         while self.step < cfg.max_steps:
-            batch = [self.train_rows[i] for i in dist.shard(self._batch_indices(self.step))]
+            order = seeded_batch(len(self.train_rows), cfg.batch_size, self.step, cfg.seed)
+            batch = [self.train_rows[i] for i in dist.shard(order)]
             scores = self.scores_of(
                 [c for c, _ in batch] + [r for _, r in batch], self.ddp_model
             )  # (2B,)
@@ -253,17 +243,7 @@ class RewardTrainer:
                 bar.set_postfix(acc=f"{eval_stats.get('eval/accuracy', float('nan')):.3f}")
             if metrics:
                 logger.log(self.step, dist.all_reduce_mean(metrics))
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                if dist.is_main_process():
-                    save_checkpoint(
-                        ckpt_dir,
-                        step=self.step,
-                        modules=modules,
-                        optimizers=optimizers,
-                        schedulers=schedulers,
-                        extra={"config": asdict(cfg)},
-                    )
-                dist.barrier()
+            save_if_due(cfg, self.step, self.checkpoint_state)
         bar.close()
         logger.close()
         if not eval_stats:

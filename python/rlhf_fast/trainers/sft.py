@@ -25,6 +25,7 @@ from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import load_causal_lm, token_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
+from rlhf_fast.trainers.loop import CheckpointState, restore_latest, save_if_due, seeded_batch
 from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
@@ -122,19 +123,6 @@ class SFTTrainer:
         ids = (prompt_ids + response_ids)[: self.config.max_length]
         return ids, min(len(prompt_ids), len(ids))
 
-    def _batch_indices(self, step: int) -> list[int]:
-        """Rows of step ``step``: epoch-wise seeded permutations, so a resumed run sees the same."""
-        n, bs = len(self.rows), self.config.batch_size
-        start = step * bs
-        out: list[int] = []
-        while len(out) < bs:
-            epoch, offset = divmod(start + len(out), n)
-            perm = torch.randperm(
-                n, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-            )
-            out.extend(perm[offset : offset + bs - len(out)].tolist())
-        return out
-
     def loss_on(
         self, indices: list[int], model: Optional[torch.nn.Module] = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -165,22 +153,21 @@ class SFTTrainer:
             "tokens": n_tokens.item(),
         }
 
+    def checkpoint_state(self) -> CheckpointState:
+        """What a checkpoint holds: weights, optimizer, LR schedule (and the run's config)."""
+        return CheckpointState(
+            modules={"model": self.model},
+            optimizers={"optimizer": self.optimizer},
+            schedulers={"scheduler": self.scheduler},
+            extra={"config": asdict(self.config)},
+        )
+
     def train(self) -> dict[str, Any]:
-        from rlhf_fast.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
         from rlhf_fast.metrics import MetricsLogger
 
         cfg, out = self.config, Path(self.config.output_dir)
-        ckpt_dir = out / "checkpoints"
-        modules, optimizers, schedulers = (
-            {"model": self.model},
-            {"optimizer": self.optimizer},
-            {"scheduler": self.scheduler},
-        )
-        dist.barrier()  # every rank sees the same checkpoints
-        if cfg.resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-            self.step = load_checkpoint(
-                path, modules=modules, optimizers=optimizers, schedulers=schedulers
-            )["step"]
+        if (resumed := restore_latest(cfg, self.checkpoint_state())) is not None:
+            self.step = resumed
         logger = MetricsLogger(
             out,
             "sft",
@@ -198,7 +185,8 @@ class SFTTrainer:
             disable=not cfg.progress or not dist.is_main_process(),
         )
         while self.step < cfg.max_steps:
-            loss, stats = self.loss_on(dist.shard(self._batch_indices(self.step)), self.ddp_model)
+            order = seeded_batch(len(self.rows), cfg.batch_size, self.step, cfg.seed)
+            loss, stats = self.loss_on(dist.shard(order), self.ddp_model)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
@@ -224,17 +212,7 @@ class SFTTrainer:
                 )
                 logger.log(self.step, logged)
                 bar.set_postfix(loss=f"{logged['train/loss']:.3f}")
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                if dist.is_main_process():
-                    save_checkpoint(
-                        ckpt_dir,
-                        step=self.step,
-                        modules=modules,
-                        optimizers=optimizers,
-                        schedulers=schedulers,
-                        extra={"config": asdict(cfg)},
-                    )
-                dist.barrier()
+            save_if_due(cfg, self.step, self.checkpoint_state)
         bar.close()
         logger.close()
         model_dir = out / "model"
