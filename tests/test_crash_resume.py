@@ -87,6 +87,15 @@ def stage_argv(stage: str, root: Path, out: Path) -> list[str]:
         args = ["train-reward", "--model", str(root / "sft"), "--data", str(root / "pairs.jsonl")]
         args += ["--batch-size", "4", "--max-length", "24", "--eval-every", "5"]
         args += ["--max-steps", "24", "--warmup-steps", "4", "--save-every", "3"]
+    elif stage in ("grpo", "rloo"):
+        args = [stage, "--policy", str(root / "sft"), "--reward-model", str(root / "rm")]
+        args += ["--prompts", str(root / "prompts.jsonl"), "--group-size", "2"]
+        args += ["--prompts-per-step", "2", "--minibatch-size", "2", "--max-new-tokens", "4"]
+        args += ["--max-steps", "14", "--save-every", "3"]
+    elif stage == "dpo":
+        args = ["dpo", "--policy", str(root / "sft"), "--data", str(root / "pairs.jsonl")]
+        args += ["--batch-size", "4", "--max-length", "24", "--eval-every", "5"]
+        args += ["--max-steps", "24", "--warmup-steps", "4", "--save-every", "3"]
     else:
         args = ["ppo", "--policy", str(root / "sft"), "--reward-model", str(root / "rm")]
         args += ["--prompts", str(root / "prompts.jsonl"), "--rollout-batch-size", "4"]
@@ -137,7 +146,7 @@ def run_and_kill(argv: list[str], out: Path, stage: str, *, after_steps: int, ji
 
 
 def finished_state(out: Path, stage: str) -> tuple[dict, list[dict]]:
-    model_dir = out / ("policy" if stage == "ppo" else "model")
+    model_dir = out / ("model" if stage in ("sft", "reward") else "policy")
     weights = load_file(model_dir / "model.safetensors")
     records = [json.loads(x) for x in (out / "metrics" / f"{stage}.jsonl").read_text().splitlines()]
     # Wall-clock values differ between any two runs; everything else must not.
@@ -179,12 +188,12 @@ def check_kills_then_resume(stage: str, root: Path, tmp_path: Path, kills: int) 
     assert not temporaries(crashed)  # the next save cleaned up the interrupted one
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "grpo", "rloo", "dpo"])
 def test_killed_inside_a_checkpoint_then_resumed_ends_bit_identical(stage, data, tmp_path):
     check_kills_then_resume(stage, data, tmp_path, kills=1)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "grpo", "rloo", "dpo"])
 def test_killed_many_times_then_resumed_ends_bit_identical(stage, data, tmp_path):
     check_kills_then_resume(stage, data, tmp_path, kills=4)
