@@ -192,7 +192,7 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
         clock.seconds, clock.calls = 0.0, 0
         cpu_start = time.process_time()
         start = time.perf_counter()
-        batch = trainer.rollout(trainer._prompts_for(step))
+        batch = trainer.rollout(trainer.prompts_for(step))
         rolled = time.perf_counter()
         trainer.train_step(batch)
         trainer.step += 1

@@ -72,7 +72,7 @@ def run_rlhf_fast(demo: Path, seed: int) -> dict[str, list[float]]:
     trainer = PPOTrainer(config, prompts=prompts)
     seconds, gold, kl, excluded = [], [], [], 0.0
     for step in range(ITERATIONS):
-        batch = trainer.rollout(trainer._prompts_for(step))
+        batch = trainer.rollout(trainer.prompts_for(step))
         metrics = trainer.train_step(batch)
         trainer.step += 1
         t = time.perf_counter()

@@ -473,6 +473,13 @@ class PPOTrainer:
         }
 
     # ------------------------------------------------------------------ 5. the loop
+    def prompts_for(self, step: int) -> list[str]:
+        """Prompts of iteration ``step`` over all ranks (seeded, so a resumed run gets the same):
+        for callers that drive ``rollout`` and ``train_step`` themselves."""
+        cfg = self.config
+        order = seeded_batch(len(self.prompts), cfg.rollout_batch_size, step, cfg.seed)
+        return [self.prompts[i] for i in order]
+
     def checkpoint_state(self) -> CheckpointState:
         """What a checkpoint holds: weights, optimizer, the KL controller's coefficient."""
         return CheckpointState(
@@ -506,8 +513,7 @@ class PPOTrainer:
             if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
                 seed_everything(dist.rank_seed(cfg.seed, self.step))
             t0 = time.perf_counter()
-            order = seeded_batch(len(self.prompts), cfg.rollout_batch_size, self.step, cfg.seed)
-            batch = self.rollout(dist.shard([self.prompts[i] for i in order]))
+            batch = self.rollout(dist.shard(self.prompts_for(self.step)))
             t_rollout = time.perf_counter() - t0
             metrics = self.train_step(batch)
             self.step += 1
