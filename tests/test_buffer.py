@@ -244,3 +244,20 @@ def test_length_grouped_minibatches_change_with_the_seed():
     assert sorted(sum(a, [])) == sorted(sum(b, [])) == list(range(64))
     assert a != b
     assert {frozenset(x) for x in a} != {frozenset(x) for x in b}
+
+
+def test_prompt_response_buffer_keeps_attended_tokens_with_zeros_on_the_prompt():
+    import torch
+
+    sequences = torch.tensor([[0, 5, 6, 7, 8, 0], [9, 5, 6, 7, 0, 0]])  # prompt 3 (left pad)
+    attention = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+    response = torch.tensor([[True, True, False], [True, False, False]])
+    values = torch.tensor([[0.5, 0.25, 9.0], [1.5, 9.0, 9.0]], dtype=torch.bfloat16)
+    buf = buffer.prompt_response_buffer(
+        sequences, attention, response, {"values": values}, {"score": torch.tensor([1.0, 2.0])}
+    )
+    assert buf.lengths.tolist() == [4, 4]
+    np.testing.assert_array_equal(buf[0]["input_ids"], [5, 6, 7, 8])
+    np.testing.assert_array_equal(buf[1]["is_response"], [0, 0, 0, 1])
+    np.testing.assert_array_equal(buf[0]["values"], np.array([0, 0, 0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(buf.scalars("score"), np.array([1.0, 2.0], np.float32))

@@ -32,7 +32,7 @@ import numpy as np
 from rlhf_fast import ops
 from rlhf_fast.errors import InvalidArgumentError, InvalidDtypeError
 
-__all__ = ["RolloutBuffer"]
+__all__ = ["RolloutBuffer", "prompt_response_buffer"]
 
 _FIELD_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int64, np.int32, np.uint8))
 _RESERVED = ("mask", "indices")
@@ -384,6 +384,48 @@ class RolloutBuffer:
             grouped.pop()
         rng = np.random.default_rng(seed)
         return [grouped[i] for i in rng.permutation(len(grouped))]
+
+
+def prompt_response_buffer(
+    sequences: Any,
+    attention_mask: Any,
+    response_mask: Any,
+    per_token: Mapping[str, Any],
+    per_row: Mapping[str, Any] | None = None,
+) -> RolloutBuffer:
+    """One buffer row per response of a trainer's rollout: its prompt + response tokens.
+
+    ``sequences``, ``attention_mask``: ``[B, Lq + T]`` (prompt left-padded, response
+    right-padded); ``response_mask``: ``[B, T]``; ``per_token``: ``[B, T]`` response-aligned
+    fields, stored as float32 with 0 on prompt tokens; ``per_row``: ``[B]`` scalar fields
+    (float32). ``is_response`` marks the response tokens. A row's tokens are exactly its
+    attended positions, so the rollout goes in as one boolean selection per field.
+    """
+
+    def host(x: Any, name: str) -> np.ndarray:
+        if ops._is_tensor(x):
+            x = x.detach()
+            x = x.float() if x.is_floating_point() else x
+        return _as_numpy(x, name)
+
+    ids = host(sequences, "sequences")
+    keep = host(attention_mask, "attention_mask").astype(bool)
+    response = host(response_mask, "response_mask").astype(bool)
+    n_prompt = ids.shape[1] - response.shape[1]
+
+    def widened(x: np.ndarray, dtype: Any) -> np.ndarray:  # (B, T) -> (B, Lq + T), 0 on prompt
+        out = np.zeros(ids.shape, dtype=dtype)
+        out[:, n_prompt:] = x
+        return out
+
+    tokens = {"input_ids": ids, "is_response": widened(response, np.uint8)}
+    tokens.update({k: widened(host(v, k), np.float32) for k, v in per_token.items()})
+    scalars = {k: host(v, k).astype(np.float32).reshape(-1) for k, v in (per_row or {}).items()}
+    buffer = RolloutBuffer(
+        {k: v.dtype for k, v in tokens.items()}, {k: v.dtype for k, v in scalars.items()}
+    )
+    buffer.add_padded(keep, **tokens, **scalars)
+    return buffer
 
 
 def _to_torch(batch: dict[str, np.ndarray], device: Any) -> dict[str, Any]:

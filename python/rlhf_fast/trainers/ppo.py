@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_fast import ops
-from rlhf_fast.buffer import RolloutBuffer
+from rlhf_fast.buffer import RolloutBuffer, prompt_response_buffer
 from rlhf_fast.config import RunConfig, StageSettings, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import (
@@ -359,31 +359,17 @@ class PPOTrainer:
     def fill_buffer(
         self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor
     ) -> RolloutBuffer:
-        """One buffer row per response: prompt + response tokens without padding.
-
-        Per-token fields hold 0 on prompt tokens; ``is_response`` marks the response. A row's
-        tokens are exactly its attended positions, so the whole rollout goes in as one
-        boolean selection of the padded arrays.
-        """
-        n_prompt = batch.sequences.shape[1] - batch.response_mask.shape[1]
-        keep = batch.attention_mask.bool()  # (B, Lq + T)
-        is_response = torch.zeros_like(keep)
-        is_response[:, n_prompt:] = batch.response_mask
-
-        def widened(x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, Lq + T), 0 on the prompt
-            return torch.nn.functional.pad(x.float(), (n_prompt, 0))
-
-        fields = {
-            "input_ids": batch.sequences,
-            "is_response": is_response.to(torch.uint8),
-            "old_logprobs": widened(batch.logprobs),
-            "old_values": widened(batch.values),
-            "advantages": widened(advantages),
-            "returns": widened(returns),
+        """One buffer row per response: prompt + response tokens without padding, the
+        per-token fields 0 on prompt tokens (``buffer.prompt_response_buffer``)."""
+        per_token = {
+            "old_logprobs": batch.logprobs,
+            "old_values": batch.values,
+            "advantages": advantages,
+            "returns": returns,
         }
-        buffer = RolloutBuffer({k: v.cpu().numpy().dtype for k, v in fields.items()})
-        buffer.add_padded(keep.cpu().numpy(), **{k: v.cpu().numpy() for k, v in fields.items()})
-        return buffer
+        return prompt_response_buffer(
+            batch.sequences, batch.attention_mask, batch.response_mask, per_token
+        )
 
     def train_step(self, batch: Rollout) -> dict[str, float]:
         cfg = self.config

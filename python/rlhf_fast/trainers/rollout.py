@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from rlhf_fast.buffer import RolloutBuffer
+from rlhf_fast.buffer import RolloutBuffer, prompt_response_buffer
 from rlhf_fast.config import RunConfig, StageSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import (
@@ -207,26 +207,10 @@ class GroupRollout:
     def to_buffer(self, **per_row: torch.Tensor) -> RolloutBuffer:
         """One buffer row per completion (prompt + completion, no padding); the per-token
         fields hold 0 on prompt tokens, ``per_row`` tensors ``[B]`` become scalar fields."""
-        n_prompt = self.sequences.shape[1] - self.response_mask.shape[1]
-        keep = self.attention_mask.bool()
-        is_response = torch.zeros_like(keep)
-        is_response[:, n_prompt:] = self.response_mask
-
-        def widened(x: torch.Tensor) -> np.ndarray:  # (B, T) -> (B, Lq + T)
-            return torch.nn.functional.pad(x.float(), (n_prompt, 0)).cpu().numpy()
-
-        tokens = {
-            "input_ids": self.sequences.cpu().numpy(),
-            "is_response": is_response.to(torch.uint8).cpu().numpy(),
-            "old_logprobs": widened(self.logprobs),
-            "ref_logprobs": widened(self.ref_logprobs),
-        }
-        scalars = {k: v.detach().float().cpu().numpy() for k, v in per_row.items()}
-        buffer = RolloutBuffer(
-            {k: v.dtype for k, v in tokens.items()}, {k: v.dtype for k, v in scalars.items()}
+        per_token = {"old_logprobs": self.logprobs, "ref_logprobs": self.ref_logprobs}
+        return prompt_response_buffer(
+            self.sequences, self.attention_mask, self.response_mask, per_token, per_row
         )
-        buffer.add_padded(keep.cpu().numpy(), **tokens, **scalars)
-        return buffer
 
 
 def policy_logprobs(
