@@ -142,6 +142,9 @@ class PPOSettings(StageSettings):
         self._require("rollout_batch_size", self.rollout_batch_size >= 2, "an integer >= 2")
         self._require("minibatch_size", self.minibatch_size >= 1, "an integer >= 1")
         self._require("ppo_epochs", self.ppo_epochs >= 1, "an integer >= 1")
+        self._require(
+            "value_head_hidden", self.value_head_hidden >= 0, "an integer >= 0 (0: a linear head)"
+        )
         self._require("learning_rate", self.learning_rate > 0, "a number > 0")
         self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
         self._require("temperature", self.temperature > 0, "a number > 0")
@@ -205,10 +208,6 @@ class PPOTrainer:
             raise InvalidArgumentError(
                 "rollout_batch_size >= 2, minibatch_size, max_steps, ppo_epochs >= 1 expected, got "
                 f"{cfg.rollout_batch_size}, {cfg.minibatch_size}, {cfg.max_steps}, {cfg.ppo_epochs}"
-            )
-        if cfg.value_head_hidden < 0:
-            raise InvalidArgumentError(
-                f"value_head_hidden: expected >= 0 (0: a linear head), got {cfg.value_head_hidden}"
             )
         self.config, self.sample_metrics = cfg, sample_metrics
         self.device = dist.init_distributed(resolve_device(cfg.device))
