@@ -94,7 +94,7 @@ def test_group_advantages_come_from_the_kernel(tmp_path, stage_dirs):
 
     trainer = GRPOTrainer(config(GRPOConfig, stage_dirs, tmp_path), prompts=PROMPTS)
     batch = trainer.worker.rollout(PROMPTS[:2], 4)
-    assert batch.sequences.shape[0] == 8 and batch.prompts[:4] == [PROMPTS[0]] * 4
+    assert batch.tokens.shape[0] == 8 and batch.prompts[:4] == [PROMPTS[0]] * 4
     g = batch.scores.view(2, 4)
     expected = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).reshape(-1)
     torch.testing.assert_close(trainer.advantages(batch), expected)

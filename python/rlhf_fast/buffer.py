@@ -32,7 +32,7 @@ import numpy as np
 from rlhf_fast import ops
 from rlhf_fast.errors import InvalidArgumentError, InvalidDtypeError
 
-__all__ = ["RolloutBuffer", "prompt_response_buffer"]
+__all__ = ["RolloutBuffer", "minibatch_order", "prompt_response_buffer"]
 
 _FIELD_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int64, np.int32, np.uint8))
 _RESERVED = ("mask", "indices")
@@ -348,9 +348,9 @@ class RolloutBuffer:
                 "RolloutBuffer.minibatches: the buffer is empty; add rollouts first"
             )
         offsets = self._offsets.view()
-        batches = ops.minibatch_indices(len(self), minibatch_size, seed=seed, drop_last=drop_last)
-        if group_by_length:
-            batches = self._length_grouped(batches, minibatch_size, seed, drop_last)
+        batches = minibatch_order(
+            self.lengths, minibatch_size, seed, drop_last=drop_last, group_by_length=group_by_length
+        )
         for indices in batches:
             batch: dict[str, Any] = {}
             for name, store in self._tokens.items():
@@ -370,20 +370,34 @@ class RolloutBuffer:
                 batch = _to_torch(batch, device)
             yield batch
 
-    def _length_grouped(
-        self, batches: list[np.ndarray], minibatch_size: int, seed: int, drop_last: bool
-    ) -> list[np.ndarray]:
-        """The seeded permutation in ``batches``, regrouped by length bucket."""
-        if drop_last:  # regroup every rollout, then drop the short minibatch
-            batches = ops.minibatch_indices(len(self), minibatch_size, seed=seed, drop_last=False)
-        order = np.concatenate(list(batches))
-        buckets = self.lengths[order] // LENGTH_BUCKET
-        order = order[np.argsort(-buckets, kind="stable")]  # ties keep their shuffled order
-        grouped = [order[i : i + minibatch_size] for i in range(0, len(order), minibatch_size)]
-        if drop_last and grouped[-1].shape[0] < minibatch_size:
-            grouped.pop()
-        rng = np.random.default_rng(seed)
-        return [grouped[i] for i in rng.permutation(len(grouped))]
+
+def minibatch_order(
+    lengths: np.ndarray,
+    minibatch_size: int,
+    seed: int,
+    *,
+    drop_last: bool = False,
+    group_by_length: bool = False,
+) -> list[np.ndarray]:
+    """The rollout numbers of each minibatch, as ``RolloutBuffer.minibatches`` draws them.
+
+    ``lengths``: ``[N]`` tokens per rollout (read only with ``group_by_length``). A seeded
+    shuffle (``ops.minibatch_indices``) cut into minibatches; with ``group_by_length`` the
+    shuffled order is regrouped by ``LENGTH_BUCKET`` (ties keep their shuffled order) and
+    the minibatches themselves are shuffled.
+    """
+    n = len(lengths)
+    if not group_by_length:
+        return ops.minibatch_indices(n, minibatch_size, seed=seed, drop_last=drop_last)
+    # Regroup every rollout, then drop the short minibatch.
+    order = np.concatenate(list(ops.minibatch_indices(n, minibatch_size, seed=seed)))
+    buckets = np.asarray(lengths)[order] // LENGTH_BUCKET
+    order = order[np.argsort(-buckets, kind="stable")]
+    grouped = [order[i : i + minibatch_size] for i in range(0, len(order), minibatch_size)]
+    if drop_last and grouped[-1].shape[0] < minibatch_size:
+        grouped.pop()
+    rng = np.random.default_rng(seed)
+    return [grouped[i] for i in rng.permutation(len(grouped))]
 
 
 def prompt_response_buffer(

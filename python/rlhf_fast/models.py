@@ -370,8 +370,11 @@ class RewardModel(nn.Module):
             use_cache=False,
         ).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1).float()
+        return self.head_on(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+    def head_on(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B]`` float32 from the trunk's hidden states at the last tokens ``[B, H]``."""
+        return self.head(last_hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the trunk config, all weights (safetensors) and the score statistics."""

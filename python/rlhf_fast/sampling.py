@@ -23,7 +23,6 @@ and its scores do not come with hidden states unless every layer's are kept
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import causal_lm_parts, position_ids_from_mask
+from rlhf_fast.prompt_sharing import cache_argument
 
 __all__ = ["Samples", "sample_responses", "filter_logits"]
 
@@ -80,8 +80,9 @@ def sample_responses(
     top_k: int = 0,
     top_p: float = 1.0,
     value_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    num_samples: int = 1,
 ) -> Samples:
-    """Sample one response per left-padded prompt row.
+    """Sample ``num_samples`` responses per left-padded prompt row.
 
     Args:
         causal_lm: a ``transformers`` causal LM (peft-wrapped too); its adapters, dtype and
@@ -95,6 +96,9 @@ def sample_responses(
             temperature-scaled distribution.
         value_fn: maps hidden states ``[B, H]`` of the trunk to values ``[B]``; ``values[b,
             t]`` is its estimate on the state before response token ``t``.
+        num_samples: responses per prompt; the ``P * num_samples`` returned rows hold each
+            prompt's responses consecutively. The prompt's prefill runs once and its KV
+            cache is shared by its rows.
 
     Draws from torch's global RNG, so ``torch.manual_seed`` makes it reproducible.
     """
@@ -102,6 +106,8 @@ def sample_responses(
         raise InvalidArgumentError(f"temperature: expected > 0, got {temperature}")
     if max_new_tokens < 1:
         raise InvalidArgumentError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise InvalidArgumentError(f"num_samples: expected >= 1, got {num_samples}")
     if query.ndim != 2 or query.shape != query_mask.shape:
         raise InvalidArgumentError(
             f"query, query_mask: expected two [B, Lq] tensors, got {tuple(query.shape)} and "
@@ -116,12 +122,8 @@ def sample_responses(
             "model.generate instead"
         )
     trunk, head = parts
-    batch, device = query.shape[0], query.device
-    cache = DynamicCache()
-    # transformers >= 5.x names the argument ``cache``; earlier versions ``past_key_values``.
-    cache_arg = (
-        "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
-    )
+    batch, device = query.shape[0] * num_samples, query.device
+    cache, cache_arg = DynamicCache(), cache_argument(trunk)
     attention_mask = query_mask.long()
     positions = position_ids_from_mask(attention_mask)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1) position of the next token
@@ -140,6 +142,11 @@ def sample_responses(
             use_cache=True,
             **{cache_arg: cache},
         ).last_hidden_state[:, -1]  # (b, H) state before response token t
+        if t == 0 and num_samples > 1:  # one prefill per prompt, then a cache row per sample
+            cache.batch_repeat_interleave(num_samples)
+            hidden = hidden.repeat_interleave(num_samples, dim=0)
+            attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
+            next_position = next_position.repeat_interleave(num_samples, dim=0)
         logits = head(hidden).float() / temperature  # (b, V)
         filtered = filter_logits(logits, top_k, top_p)
         token = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)  # (b,)

@@ -75,12 +75,12 @@ class GRPOTrainer(GroupTrainer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
         loss, clipfrac, kl = grpo_loss(
-            logprobs,  # (M, L-1)
-            mb["old_logprobs"][:, 1:],
+            logprobs,  # (M, T)
+            mb["old_logprobs"],
             mb["advantages"],  # (M,)
             mask,
             cfg.clip_range,
-            ref_logprobs=mb["ref_logprobs"][:, 1:],
+            ref_logprobs=mb["ref_logprobs"],
             kl_coef=cfg.kl_coef,
             aggregation=cfg.loss_aggregation,
         )

@@ -4,11 +4,14 @@ A subclass gives the two things that make it an algorithm:
 
 - ``advantages(batch) -> [B]``: one advantage per completion from the group's scores;
 - ``policy_loss(logprobs, mask, minibatch) -> (loss, metrics)``: its loss on a minibatch of
-  the rollout buffer (``old_logprobs``, ``ref_logprobs`` ``[M, L-1]``, ``advantages``
-  ``[M]``).
+  completions: ``logprobs``, ``mask`` and the minibatch's ``old_logprobs``,
+  ``ref_logprobs`` are ``[M, T]``, aligned with the completion tokens; ``advantages``
+  ``[M]``.
 
 Everything else, sampling, scoring, the seeded minibatch order, gradient clipping,
 metrics, checkpoints and the saved policy, is here and in ``rollout.py`` / ``loop.py``.
+The update's forward runs each prompt of a minibatch once for all its completions
+(``prompt_sharing.response_logprobs``).
 """
 
 from __future__ import annotations
@@ -19,14 +22,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from rlhf_fast.buffer import minibatch_order
+from rlhf_fast.prompt_sharing import response_logprobs
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.loop import CheckpointState, run_loop
-from rlhf_fast.trainers.rollout import (
-    GroupRollout,
-    RolloutWorker,
-    policy_logprobs,
-    sequence_metrics,
-)
+from rlhf_fast.trainers.rollout import GroupRollout, RolloutWorker, sequence_metrics
 from rlhf_fast.trainers.runtime import autocast, seed_everything
 
 __all__ = ["GroupTrainer"]
@@ -73,20 +73,30 @@ class GroupTrainer:
             seed_everything(dist.rank_seed(cfg.seed, self.step))
         batch = self.worker.rollout(self.worker.prompts_for(self.step), cfg.group_size)
         advantages = self.advantages(batch)  # (B,)
-        buffer = batch.to_buffer(advantages=advantages)
+        lengths = batch.prompt_mask.sum(-1)[batch.prompt_of] + batch.response_mask.sum(-1)
         self.policy.train()
         stats: dict[str, list[float]] = defaultdict(list)
         for epoch in range(cfg.epochs):
             seed = cfg.seed * 1_000_003 + self.step * 131 + epoch
-            for mb in buffer.minibatches(
+            for order in minibatch_order(
+                lengths.cpu().numpy(),
                 self.minibatch_size,
                 seed,
-                as_torch=True,
-                device=self.device,
                 group_by_length=cfg.group_by_length,
             ):
+                index = torch.from_numpy(order).to(self.device)
+                rows = batch.rows(index)
+                mask = rows[-1]  # (M, T) the minibatch's completion tokens
                 with autocast(self.device, cfg.bf16_autocast):
-                    logprobs, mask = policy_logprobs(self.ddp_policy, mb, cfg.temperature)
+                    logprobs = response_logprobs(
+                        self.ddp_policy, *rows, temperature=cfg.temperature
+                    )
+                length = mask.shape[1]
+                mb = {
+                    "old_logprobs": batch.logprobs[index, :length],
+                    "ref_logprobs": batch.ref_logprobs[index, :length],
+                    "advantages": advantages[index],
+                }
                 loss, loss_stats = self.policy_loss(logprobs, mask, mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

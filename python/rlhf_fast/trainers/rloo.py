@@ -78,9 +78,9 @@ class RLOOTrainer(GroupTrainer):
     def policy_loss(
         self, logprobs: torch.Tensor, mask: torch.Tensor, mb: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        advantages = mb["advantages"][:, None].expand_as(logprobs)  # (M, L-1)
+        advantages = mb["advantages"][:, None].expand_as(logprobs)  # (M, T)
         loss, clipfrac, approx_kl = clipped_surrogate_loss(
-            logprobs, mb["old_logprobs"][:, 1:], advantages, mask, self.config.clip_range
+            logprobs, mb["old_logprobs"], advantages, mask, self.config.clip_range
         )
         return loss, {"policy/clipfrac_avg": clipfrac, "policy/approxkl_avg": approx_kl}
 

@@ -1,11 +1,11 @@
 """Group rollouts and their scores: what GRPO and RLOO share.
 
-One rollout takes ``prompts_per_step`` prompts, repeats each ``group_size`` times (the
-``group_size`` completions of a prompt are consecutive rows, the layout
-``ops.group_advantages`` reads), samples them with the KV-cached loop
-(``sampling.sample_responses``: the behaviour logprobs come from the sampling pass),
-scores the reference's logprobs of the same tokens (LM head on response positions only)
-and scores every completion with a reward model and/or Python reward functions.
+One rollout takes ``prompts_per_step`` prompts and samples ``group_size`` completions of
+each (a prompt's completions are consecutive rows, the layout ``ops.group_advantages``
+reads) with the KV-cached loop (``sampling.sample_responses``: the behaviour logprobs come
+from the sampling pass). The reference's logprobs of the same tokens and the reward model's
+scores come from forwards that run each prompt once for its whole group
+(``prompt_sharing``); Python reward functions score the texts.
 
 Reward functions are named ``module:function`` and called as
 ``function(completions, prompts) -> sequence of floats`` (one per completion, finite);
@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from rlhf_fast.buffer import RolloutBuffer, prompt_response_buffer
 from rlhf_fast.config import RunConfig, StageSettings, option, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import (
@@ -31,9 +30,8 @@ from rlhf_fast.models import (
     frozen_copy,
     fuse_activations,
     load_causal_lm,
-    next_token_logprobs,
-    scored_positions,
 )
+from rlhf_fast.prompt_sharing import response_logprobs, reward_scores
 from rlhf_fast.sampling import sample_responses
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
@@ -57,7 +55,6 @@ __all__ = [
     "RewardFunctionError",
     "RolloutWorker",
     "load_reward_function",
-    "policy_logprobs",
     "sequence_metrics",
 ]
 
@@ -191,12 +188,18 @@ def _call_reward_function(
 
 @dataclass
 class GroupRollout:
-    """Sampled completions, ``B = prompts x group_size`` rows, a prompt's group consecutive."""
+    """Sampled completions, ``B = prompts x group_size`` rows, a prompt's group consecutive.
+
+    The tensors are the ``prompt_sharing`` layout: distinct prompts once, each row's
+    completion with the index of its prompt.
+    """
 
     prompts: list[str]  # (B,) each prompt repeated group_size times
     completions: list[str]  # (B,)
-    sequences: torch.Tensor  # (B, Lq + T) prompt (left-padded) + completion (right-padded)
-    attention_mask: torch.Tensor  # (B, Lq + T)
+    prompt_ids: torch.Tensor  # (P, Lq) the distinct prompts, left-padded
+    prompt_mask: torch.Tensor  # (P, Lq)
+    prompt_of: torch.Tensor  # (B,) int64: row b completes prompt prompt_of[b]
+    tokens: torch.Tensor  # (B, T) completion tokens, right-padded
     response_mask: torch.Tensor  # (B, T) bool: completion tokens up to and including <eos>
     logprobs: torch.Tensor  # (B, T) behaviour policy, from the sampling pass
     ref_logprobs: torch.Tensor  # (B, T)
@@ -204,25 +207,18 @@ class GroupRollout:
     ended: torch.Tensor  # (B,) bool: emitted <eos>
     metrics: dict[str, float]  # per-source score means
 
-    def to_buffer(self, **per_row: torch.Tensor) -> RolloutBuffer:
-        """One buffer row per completion (prompt + completion, no padding); the per-token
-        fields hold 0 on prompt tokens, ``per_row`` tensors ``[B]`` become scalar fields."""
-        per_token = {"old_logprobs": self.logprobs, "ref_logprobs": self.ref_logprobs}
-        return prompt_response_buffer(
-            self.sequences, self.attention_mask, self.response_mask, per_token, per_row
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``response_logprobs``' inputs for the rows ``index`` ``[M]``, completions cut to
+        the longest one among them: ``(prompt_ids, prompt_mask, prompt_of, tokens, mask)``."""
+        mask = self.response_mask[index]
+        length = max(int(mask.sum(-1).max()), 1)
+        return (
+            self.prompt_ids,
+            self.prompt_mask,
+            self.prompt_of[index],
+            self.tokens[index, :length],
+            mask[:, :length],
         )
-
-
-def policy_logprobs(
-    policy: torch.nn.Module, minibatch: dict[str, torch.Tensor], temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logprobs, mask)``, ``[M, L-1]``, of a buffer minibatch's completion tokens under
-    ``policy`` (position ``s`` scores token ``s + 1``; the LM head runs on those only)."""
-    mask = minibatch["is_response"][:, 1:].bool()
-    logprobs, _, _ = next_token_logprobs(
-        policy, minibatch["input_ids"], minibatch["mask"].long(), mask, temperature=temperature
-    )
-    return logprobs, mask
 
 
 class RolloutWorker:
@@ -277,18 +273,15 @@ class RolloutWorker:
 
     @torch.no_grad()
     def score(
-        self,
-        prompts: list[str],
-        completions: list[str],
-        sequences: torch.Tensor,
-        mask: torch.Tensor,
+        self, prompts: list[str], completions: list[str], *rows: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total reward per completion ``[B]`` float32, and each source's mean."""
+        """Total reward per completion ``[B]`` float32, and each source's mean; ``rows``:
+        the completions' tokens in the ``prompt_sharing`` layout."""
         total = torch.zeros(len(completions), dtype=torch.float64)
         metrics: dict[str, float] = {}
         if self.reward_model is not None:
             with autocast(self.device, self.cfg.bf16_autocast):
-                raw = self.reward_model(sequences, mask).double().cpu()  # (B,)
+                raw = reward_scores(self.reward_model, *rows).double().cpu()  # (B,)
             metrics["rewards/reward_model"] = raw.mean().item()
             if self.cfg.normalize_scores:
                 raw = (raw - self.reward_model.score_mean) / self.reward_model.score_std
@@ -304,12 +297,11 @@ class RolloutWorker:
         """``group_size`` completions of each prompt, scored."""
         cfg, tok = self.cfg, self.tokenizer
         repeated = [p for p in prompts for _ in range(group_size)]
-        encoded = [encode_text(tok, p) for p in prompts]
         query, query_mask = pad_rows(
-            [ids for ids in encoded for _ in range(group_size)], tok.pad_token_id, side="left"
+            [encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left"
         )
-        query, query_mask = query.to(self.device), query_mask.to(self.device)  # (B, Lq)
-        n_prompt = query.shape[1]
+        query, query_mask = query.to(self.device), query_mask.to(self.device)  # (P, Lq)
+        prompt_of = torch.arange(len(prompts), device=self.device).repeat_interleave(group_size)
         self.policy.eval()
         with autocast(self.device, cfg.bf16_autocast):
             samples = sample_responses(
@@ -322,24 +314,19 @@ class RolloutWorker:
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
+                num_samples=group_size,
             )
-        sequences = torch.cat([query, samples.tokens], dim=1)
-        attention_mask = torch.cat([query_mask, samples.response_mask.long()], dim=1)
-        scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1)
+        rows = (query, query_mask, prompt_of, samples.tokens, samples.response_mask)
         with autocast(self.device, cfg.bf16_autocast):
-            ref, _, _ = next_token_logprobs(
-                self.reference, sequences, attention_mask, scored, temperature=cfg.temperature
-            )
+            ref = response_logprobs(self.reference, *rows, temperature=cfg.temperature)
         completions = tok.batch_decode(samples.tokens, skip_special_tokens=True)
-        scores, metrics = self.score(repeated, completions, sequences, attention_mask)
+        scores, metrics = self.score(repeated, completions, *rows)
         return GroupRollout(
             repeated,
             completions,
-            sequences,
-            attention_mask,
-            samples.response_mask,
+            *rows,
             samples.logprobs,
-            ref[:, n_prompt - 1 :],
+            ref,
             scores,
             samples.ended,
             metrics,
