@@ -43,6 +43,7 @@ Conventions matched
 - ``compute_reward`` puts the (optionally clipped) score ``r`` on each row's last
   action token (position ``T - 1`` for a row with none) and ``-kl_coef * kl`` on
   every position, masked or not; ``kl_coef <= 0`` means 0. Result in ``kl``'s dtype.
+  It is torch arithmetic, not a kernel (see the comment in it).
 - ``compute_approx_kl`` casts both inputs to float32 (float64 too, as ``.float()``
   does) and returns float32: ``k1`` ``lr``, ``k2`` ``lr**2 / 2``, ``k3``
   ``exp(-lr) - 1 + lr`` with ``lr`` clamped below at -10 first, every estimate then
@@ -53,14 +54,14 @@ Conventions matched
 
 Where the drop-ins differ
 -------------------------
-- Dtypes: the kernels run in float32/float64. OpenRLHF's loops run in the inputs'
-  dtype, so bf16/fp16 inputs are computed here in float32 and rounded once at the end
+- Dtypes: the kernels run in float32/float64 (``compute_reward`` runs in ``kl``'s
+  dtype, as OpenRLHF's). OpenRLHF's loops run in the inputs' dtype, so bf16/fp16 inputs are computed here in float32 and rounded once at the end
   (closer to the exact result than OpenRLHF's bf16 arithmetic, not bit-identical).
   Float32/float64 sums agree to rounding, not bit for bit.
 - Masks must hold 0 and 1 (bool, int or float): OpenRLHF multiplies by any value
   (GAE) and takes ``action_mask.long()`` to find the last token (``compute_reward``).
-- Non-finite values at positions that take part raise ``NonFiniteError``; OpenRLHF
-  propagates them. A NaN/Inf at a masked-out GAE or returns position is dropped here
+- Non-finite values at positions that take part raise ``NonFiniteError`` in the
+  kernel-backed functions; OpenRLHF (and ``compute_reward`` here) propagates them. A NaN/Inf at a masked-out GAE or returns position is dropped here
   (the mask selects, it does not multiply); in OpenRLHF ``0 * NaN`` spreads it along
   the row.
 - Gradients: the kernels do not take part in autograd. ``compute_approx_kl`` computes
@@ -172,20 +173,17 @@ def compute_reward(
         r = r.clamp(min=reward_clip_range[0], max=reward_clip_range[1])
     if action_mask is None:
         raise ValueError("compute_reward: action_mask is required (OpenRLHF reads its size)")
-    keep = action_mask.bool()
-    x = _kernel_float(kl)
-    score = r.to(kl.dtype).to(x.dtype)
+    # A multiply and a last-index search: memory-bound torch arithmetic, which measured
+    # faster than the kernel (two outputs) plus a fill of the positions outside the mask.
     with torch.no_grad():
-        # the kernel: -kl_coef * kl on the action tokens plus the score on the last one
-        rewards, _ = ops.kl_shaped_rewards(
-            x, torch.zeros_like(x), keep, score, kl_coef=float(kl_coef), estimator="k1"
-        )
-        if not bool(keep.all()):
-            rewards = torch.where(keep, rewards, -kl_coef * x)
-            empty = ~keep.any(dim=1)
-            if bool(empty.any()):  # OpenRLHF's argmax lands on the last position
-                rewards[empty, -1] += score[empty]
-    return rewards.to(kl.dtype)
+        rewards = -kl_coef * kl
+        length = action_mask.shape[1]
+        pos = torch.arange(length, dtype=torch.int32, device=kl.device)
+        last = torch.where(action_mask.bool(), pos, -1).amax(dim=1)
+        last = torch.where(last < 0, length - 1, last).long()  # no action token: the last position
+        rows = torch.arange(rewards.shape[0], device=kl.device)
+        rewards.index_put_((rows, last), r.to(kl.dtype), accumulate=True)
+    return rewards
 
 
 # ------------------------------------------------------------------ GAE / returns
