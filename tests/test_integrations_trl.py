@@ -385,3 +385,101 @@ def test_masked_moments_match_trl(dtype, mask_kind):
     ):
         assert ours.dtype == theirs.dtype
         np.testing.assert_allclose(ours.double().numpy(), theirs.double().numpy(), **tol)
+
+
+def _capture_advantages(trainer) -> list:
+    """Record what ``_generate_and_score_completions`` hands the loss."""
+    captured: list = []
+    original = trainer._generate_and_score_completions
+
+    def wrapped(inputs):
+        captured.append(original(inputs))
+        return captured[-1]
+
+    trainer._generate_and_score_completions = wrapped
+    return captured
+
+
+@needs_trl
+@pytest.mark.parametrize(
+    "algo,extra",
+    [
+        ("grpo", dict(scale_rewards="group")),
+        ("grpo", dict(scale_rewards="batch")),
+        ("rloo", dict(beta=0.0, normalize_advantages=True)),
+    ],
+)
+def test_trainer_step_gives_our_advantages(tmp_path, algo, extra):
+    """One real GRPOTrainer / RLOOTrainer step (tiny random GPT-2, a word-level tokenizer
+    built here, two reward functions, one of which sometimes abstains): the advantages
+    the trainer hands its loss equal ours from the same rewards."""
+    import random
+    import warnings
+
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    words = "<pad> <eos> <unk> a b c d e f g h".split()
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(words), n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    config.update(dict(eos_token_id=1, pad_token_id=0, bos_token_id=1))
+    model_dir = tmp_path / "model"
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    dataset = Dataset.from_dict({"prompt": ["a b", "c d", "e f", "g h"] * 4})
+
+    rng = random.Random(0)
+    seen: list = []
+
+    def sometimes_abstains(completions, **kwargs):
+        seen.append([rng.choice([None, 0.0, 1.0, rng.random()]) for _ in completions])
+        return seen[-1]
+
+    def gaussian(completions, **kwargs):
+        seen.append([rng.gauss(0.0, 1.0) for _ in completions])
+        return seen[-1]
+
+    trainer_cls, config_cls = (
+        (GRPOTrainer, GRPOConfig) if algo == "grpo" else (RLOOTrainer, RLOOConfig)
+    )
+    args = config_cls(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        reward_weights=[1.0, 0.5],
+        **extra,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = trainer_cls(
+            model=str(model_dir),
+            reward_funcs=[sometimes_abstains, gaussian],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+        )
+        captured = _capture_advantages(trainer)
+        trainer.train()
+    per_func = torch.tensor(
+        [[math.nan if a is None else a, b] for a, b in zip(seen[0], seen[1])],
+        dtype=torch.float32,
+    )
+    assert torch.isnan(per_func[:, 0]).any()  # the step saw an abstaining reward function
+    rewards = rt.sum_rewards(per_func, [1.0, 0.5])
+    if algo == "grpo":
+        ours = rt.grpo_advantages(rewards, 4, extra["scale_rewards"])
+    else:
+        ours = rt.rloo_advantages(rewards, 4, normalize_advantages=True)
+    torch.testing.assert_close(ours, captured[0]["advantages"], rtol=1e-5, atol=1e-5)

@@ -12,7 +12,9 @@ most of it there is nothing to swap in from outside. This module has
   ``PPOTrainer.train`` calls by name (reward whitening and advantage whitening), and
   :func:`patch`, which rebinds them there.
 
-Importing this module never imports TRL; :func:`patch` does.
+Importing this module never imports TRL; :func:`patch` does. ``tests/test_integrations_trl.py``
+runs these against the advantage lines of TRL's installed trainers and checks that a real
+``GRPOTrainer`` and ``RLOOTrainer`` step hands its loss the advantages computed here.
 
 Where TRL 1.12.0 has no seam (all in ``trl/trainer`` and ``trl/experimental/ppo``)
 ----------------------------------------------------------------------------------
