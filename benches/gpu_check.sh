@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: GAE on CUDA tensors against a torch GPU loop, and one PPO iteration of
-# rlhf_fast against TRL on the GPU. Finishes in under 8 minutes on one H100/H200.
+# The GPU check: GAE on CUDA tensors against a torch GPU loop, one PPO iteration of
+# rlhf_fast against TRL on the GPU, and the pipeline under --fsdp on CUDA (nccl, one
+# process; tests/test_fsdp.py covers 2 ranks on the CPU). Finishes in under 10 minutes on
+# one H100/H200.
 #
 # Prepare on a machine with network access (builds the wheel, downloads the peers' wheels):
 #     bash benches/gpu_check.sh --prepare
@@ -43,4 +45,21 @@ export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1
     [[ -z $trainers ]] || echo "trl is not importable here: rlhf_fast alone"
     timeout 270 $python benches/e2e_ppo.py --device cuda --iterations 2 $trainers \
         --output "$out/gpu_e2e.json"
+    # --fsdp: the pipeline's three stages with the model sharded (a group of one process),
+    # then PPO resumed from its checkpoint; the saved policy loads without FSDP.
+    fsdp="$out/fsdp"
+    mkdir -p "$fsdp"
+    for i in 1 2 3 4 5 6 7 8; do
+        echo '{"prompt": "review the lamp :", "response": "the lamp is great ."}' >> "$fsdp/sft.jsonl"
+        echo '{"prompt": "review the lamp :", "chosen": "it is great .", "rejected": "it is awful ."}' >> "$fsdp/prefs.jsonl"
+        echo '{"prompt": "review the lamp :"}' >> "$fsdp/prompts.jsonl"
+    done
+    stages=(--fsdp --device "${FSDP_DEVICE:-cuda}" --tokenizer demo-words --no-progress
+        --no-tensorboard --sft-data "$fsdp/sft.jsonl" --preference-data "$fsdp/prefs.jsonl"
+        --prompts "$fsdp/prompts.jsonl" --output-dir "$fsdp/run" --sft.max-steps 4
+        --sft.batch-size 8 --reward.max-steps 4 --reward.batch-size 4 --ppo.max-steps 2
+        --ppo.rollout-batch-size 8 --ppo.minibatch-size 4 --ppo.max-new-tokens 8)
+    timeout 240 $python -m rlhf_fast.cli pipeline "${stages[@]}"
+    timeout 120 $python -m rlhf_fast.cli pipeline "${stages[@]}" --resume --ppo.max-steps 3
+    $python -c "import sys; from transformers import AutoModelForCausalLM as M; M.from_pretrained(sys.argv[1]); print('fsdp: saved policy loads without FSDP')" "$fsdp/run/ppo/policy"
 } 2>&1 | tee "$out/gpu_check.log"

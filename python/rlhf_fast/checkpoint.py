@@ -17,7 +17,10 @@ ignores and the next save removes.
 Everything except the weights is read back with ``torch.load(weights_only=True)``:
 only tensors and plain containers are unpickled. In distributed runs call
 :func:`save_checkpoint` on rank 0 only (pass ``model.module`` or the unwrapped model;
-a ``DistributedDataParallel`` wrapper is unwrapped automatically).
+a ``DistributedDataParallel`` wrapper is unwrapped automatically). Modules sharded with
+FSDP are first gathered on every rank (``trainers.distributed.gather_for_checkpoint``),
+which gives rank 0 the same files; :func:`load_checkpoint`, called on every rank, loads
+them into sharded modules and their optimizers as well.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from rlhf_fast.errors import InvalidArgumentError
 
@@ -178,7 +181,7 @@ def save_checkpoint(
     *,
     step: int,
     modules: Mapping[str, torch.nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    optimizers: Mapping[str, torch.optim.Optimizer | Mapping[str, Any]] | None = None,
     schedulers: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     keep_last: int | None = 2,
@@ -189,7 +192,8 @@ def save_checkpoint(
         directory: the run's checkpoint directory (created if needed).
         step: the number of optimizer steps done (``>= 0``); resuming starts after it.
         modules: ``{name: nn.Module}``; weights go to safetensors, shared tensors once.
-        optimizers: ``{name: Optimizer}``; their ``state_dict()`` is saved.
+        optimizers: ``{name: Optimizer}``; their ``state_dict()`` is saved (or ``{name:
+            state_dict}``, as FSDP's gathered state comes).
         schedulers: ``{name: scheduler}`` (anything with ``state_dict()``).
         extra: JSON-serialisable values stored in ``state.json`` (e.g. a KL controller's
             coefficient, a data cursor).
@@ -227,7 +231,8 @@ def save_checkpoint(
         for name, module in modules.items():
             save_model(_unwrap(module), str(tmp / f"model.{name}.safetensors"))
         for name, optimizer in optimizers.items():
-            torch.save(optimizer.state_dict(), tmp / f"optimizer.{name}.pt")
+            state_dict = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
+            torch.save(state_dict, tmp / f"optimizer.{name}.pt")
         for name, scheduler in schedulers.items():
             torch.save(scheduler.state_dict(), tmp / f"scheduler.{name}.pt")
         torch.save(_rng_state(), tmp / RNG_FILE)
@@ -344,15 +349,22 @@ def load_checkpoint(
                 f"{str(checkpoint)!r} has no {kind} named {missing}; it holds {state[kind]}"
             )
 
+    from rlhf_fast.trainers import distributed as dist
+
     for name, module in modules.items():
         file = checkpoint / f"model.{name}.safetensors"
         try:
-            load_model(_unwrap(module), str(file), strict=True)
+            if dist.is_sharded(module):  # FSDP: every rank reads the file, keeps its shard
+                dist.load_full_state(module, load_file(str(file)))
+            else:
+                load_model(_unwrap(module), str(file), strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"cannot load {str(file)!r} into module {name!r}: {exc}") from exc
     for name, optimizer in optimizers.items():
         file = checkpoint / f"optimizer.{name}.pt"
-        optimizer.load_state_dict(_torch_load(file, map_location))
+        state_dict = _torch_load(file, map_location)
+        if not dist.load_full_optimizer_state(list(modules.values()), optimizer, state_dict):
+            optimizer.load_state_dict(state_dict)
     for name, scheduler in schedulers.items():
         file = checkpoint / f"scheduler.{name}.pt"
         scheduler.load_state_dict(_torch_load(file, map_location))

@@ -159,6 +159,12 @@ class RunConfig(ConfigBase):
     )
     device: str = option("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.")
     bf16_autocast: bool = option(False, "Run forward passes under bf16 autocast.")
+    fsdp: bool = option(
+        False,
+        "Shard the trained model's weights, gradients and optimizer state over the ranks "
+        "(FSDP2, per transformer block) instead of replicating them (DDP); for runs under "
+        "torchrun. Without torchrun: a group of one process (the same code, no memory saved).",
+    )
     tensorboard: bool = option(True, "Also write TensorBoard event files.")
     progress: bool = option(True, "Show progress bars.")
 

@@ -112,7 +112,6 @@ class DPOTrainer:
         self.policy = fuse_activations(load_causal_lm(cfg.policy, self.tokenizer, seed=cfg.seed))
         disable_dropout(self.policy)
         self.policy.to(self.device)
-        self.ddp_policy = dist.wrap_ddp(self.policy, self.device)  # for the update steps
         if pairs is None:
             from rlhf_fast.data import load_preference_pairs
 
@@ -141,6 +140,8 @@ class DPOTrainer:
         self.ref_train = self._cached(reference, self.train_rows)  # (N, 2): chosen, rejected
         self.ref_eval = self._cached(reference, self.eval_rows)
         del reference
+        # for the update steps (DDP or FSDP), after the reference was copied from the policy
+        self.ddp_policy = dist.wrap_trained(self.policy, self.device, fsdp=cfg.fsdp)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(),
             lr=cfg.learning_rate * cfg.lr_multiplier,
@@ -230,11 +231,12 @@ class DPOTrainer:
             return {}
         self.policy.eval()
         totals: dict[str, float] = {}
-        for i in range(0, len(self.eval_rows), batch_size):
-            rows = self.eval_rows[i : i + batch_size]
-            _, stats = self.loss_on(self.policy, rows, self.ref_eval[i : i + batch_size])
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v * len(rows)
+        with dist.full_params(self.policy):  # FSDP: the logprobs call the policy's parts
+            for i in range(0, len(self.eval_rows), batch_size):
+                rows = self.eval_rows[i : i + batch_size]
+                _, stats = self.loss_on(self.policy, rows, self.ref_eval[i : i + batch_size])
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v * len(rows)
         return {f"eval/{k}": v / len(self.eval_rows) for k, v in totals.items()}
 
     # ------------------------------------------------------------------ the loop
@@ -251,8 +253,9 @@ class DPOTrainer:
             self, self.stage, hooks=hooks, hook_every=hook_every, postfix=("train/loss",)
         )
         policy_dir = Path(self.config.output_dir) / "policy"
+        policy = dist.full_model(self.policy)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
-            self.policy.save_pretrained(policy_dir)
+            policy.save_pretrained(policy_dir)
             self.tokenizer.save_pretrained(policy_dir)
         dist.barrier()
         return {

@@ -78,12 +78,14 @@ def save_if_due(cfg: Any, step: int, checkpoint_state: Callable[[], CheckpointSt
     if step % cfg.save_every != 0 and step != cfg.max_steps:
         return
     state = checkpoint_state()
+    # FSDP: gathered from every rank onto rank 0; otherwise the objects themselves
+    modules, optimizers = dist.gather_for_checkpoint(state.modules, state.optimizers)
     if dist.is_main_process():
         save_checkpoint(
             Path(cfg.output_dir) / "checkpoints",
             step=step,
-            modules=state.modules,
-            optimizers=state.optimizers,
+            modules=modules,
+            optimizers=optimizers,
             schedulers=state.schedulers,
             extra=state.extra,
         )
@@ -128,8 +130,10 @@ def run_loop(
         metrics["perf/train_seconds"] = train_seconds
         last = trainer.step == cfg.max_steps
         if hooks and (last or (hook_every and trainer.step % hook_every == 0)):
-            for hook in hooks:
-                metrics.update(hook(trainer))
+            # FSDP: evaluations call the trained modules' parts (sampling), so full weights
+            with dist.full_params(*trainer.checkpoint_state().modules.values()):
+                for hook in hooks:
+                    metrics.update(hook(trainer))
         metrics = dist.all_reduce_mean(metrics)
         if trainer.step % cfg.log_every == 0 or last:
             logger.log(trainer.step, metrics)

@@ -52,7 +52,8 @@ class GroupTrainer:
         self.device, self.tokenizer = self.worker.device, self.worker.tokenizer
         self.policy = self.worker.policy
         self.minibatch_size = config.minibatch_size // dist.world_size()
-        self.ddp_policy = dist.wrap_ddp(self.policy, self.device)  # for the updates only
+        # for the updates only (DDP or FSDP); the worker's reference is a copy made before
+        self.ddp_policy = dist.wrap_trained(self.policy, self.device, fsdp=config.fsdp)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=config.learning_rate * config.lr_multiplier, eps=1e-5
         )
@@ -71,7 +72,8 @@ class GroupTrainer:
         cfg = self.config
         if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
             seed_everything(dist.rank_seed(cfg.seed, self.step))
-        batch = self.worker.rollout(self.worker.prompts_for(self.step), cfg.group_size)
+        with dist.full_params(self.policy):  # FSDP: sampling calls the policy's parts
+            batch = self.worker.rollout(self.worker.prompts_for(self.step), cfg.group_size)
         advantages = self.advantages(batch)  # (B,)
         lengths = batch.prompt_mask.sum(-1)[batch.prompt_of] + batch.response_mask.sum(-1)
         self.policy.train()
@@ -133,8 +135,9 @@ class GroupTrainer:
             postfix=("objective/scores", "objective/kl"),
         )
         policy_dir = Path(self.config.output_dir) / "policy"
+        policy = dist.full_model(self.policy)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
-            self.policy.save_pretrained(policy_dir)
+            policy.save_pretrained(policy_dir)
             self.tokenizer.save_pretrained(policy_dir)
         dist.barrier()
         return {

@@ -168,6 +168,16 @@ class PPOConfig(PPOSettings, RunConfig):
     )
     prompts: str = option("", "Prompts: JSONL or Parquet file with a prompt field.")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # FSDP would shard peft's wrapped model, whose adapters the LoRA reference switches
+        # off by name and whose merge the saved policy needs: not supported together.
+        self._require(
+            "lora_r",
+            not (self.fsdp and self.lora_r > 0),
+            "0 with --fsdp (FSDP does not shard a LoRA policy; drop one of the two)",
+        )
+
 
 @dataclass
 class Rollout:
@@ -240,7 +250,10 @@ class PPOTrainer:
         else:
             self.reference = frozen_copy(policy).to(self.device)
         self.model = PolicyWithValueHead(policy, critic, cfg.value_head_hidden).to(self.device)
-        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the PPO updates only
+        # for the PPO updates only (DDP or FSDP). The reference stays whole on every rank:
+        # frozen, it has no gradients or optimizer state to shard, and sharded it would be
+        # gathered whole for every rollout anyway.
+        self.ddp_model = dist.wrap_trained(self.model, self.device, fsdp=cfg.fsdp)
         self.reward_model = fuse_activations(RewardModel.from_pretrained(cfg.reward_model))
         self.reward_model.to(self.device).eval()
         for p in self.reward_model.parameters():
@@ -292,29 +305,31 @@ class PPOTrainer:
         n_prompt = query.shape[1]
         self.model.eval()
         # Behaviour logprobs (and shared-trunk values) come from the sampling pass itself.
-        with autocast(self.device, cfg.bf16_autocast):
-            samples = sample_responses(
-                self.model.policy,
-                query,
-                query_mask,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                value_fn=self.model.values_from_hidden if self.model.shared_trunk else None,
-            )
-        responses, response_mask = samples.tokens, samples.response_mask  # (B, T)
-        sequences = torch.cat([query, responses], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
-        scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1) response tokens
-        logprobs, values = samples.logprobs, samples.values
-        with autocast(self.device, cfg.bf16_autocast):
-            if values is None:  # separate critic: one critic pass over prompt + response
-                hidden = self.model.critic_hidden(sequences, attention_mask)
-                values = self.model.values_from_hidden(hidden[:, n_prompt - 1 : -1])
-            raw_scores = self.reward_model(sequences, attention_mask)  # (B,)
+        # FSDP: sampling and the critic call the model's parts, so they get the full weights.
+        with dist.full_params(self.model):
+            with autocast(self.device, cfg.bf16_autocast):
+                samples = sample_responses(
+                    self.model.policy,
+                    query,
+                    query_mask,
+                    max_new_tokens=cfg.max_new_tokens,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                    temperature=cfg.temperature,
+                    top_k=cfg.top_k,
+                    top_p=cfg.top_p,
+                    value_fn=self.model.values_from_hidden if self.model.shared_trunk else None,
+                )
+            responses, response_mask = samples.tokens, samples.response_mask  # (B, T)
+            sequences = torch.cat([query, responses], dim=1)
+            attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+            scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1) response tokens
+            logprobs, values = samples.logprobs, samples.values
+            with autocast(self.device, cfg.bf16_autocast):
+                if values is None:  # separate critic: one critic pass over prompt + response
+                    hidden = self.model.critic_hidden(sequences, attention_mask)
+                    values = self.model.values_from_hidden(hidden[:, n_prompt - 1 : -1])
+                raw_scores = self.reward_model(sequences, attention_mask)  # (B,)
         values = values * response_mask
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, scored)[:, n_prompt - 1 :]
         scores = raw_scores.clone()
@@ -524,8 +539,9 @@ class PPOTrainer:
         bar.close()
         logger.close()
         policy_dir = out / "policy"
+        model = dist.full_model(self.model)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
-            self.model.save_pretrained(policy_dir)
+            model.save_pretrained(policy_dir)
             self.tokenizer.save_pretrained(policy_dir)
         dist.barrier()
         return {

@@ -109,7 +109,8 @@ class RewardTrainer:
         self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         lm = load_causal_lm(config.model, self.tokenizer, seed=config.seed)
         self.model = RewardModel.from_causal_lm(lm).to(self.device)
-        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the update steps
+        # for the update steps (DDP or FSDP)
+        self.ddp_model = dist.wrap_trained(self.model, self.device, fsdp=config.fsdp)
         if pairs is None:
             from rlhf_fast.data import load_preference_pairs
 
@@ -251,8 +252,9 @@ class RewardTrainer:
         self.model.score_mean = eval_stats.get("eval/score_mean", 0.0)
         self.model.score_std = max(eval_stats.get("eval/score_std", 1.0), 1e-6)
         model_dir = out / "model"
+        model = dist.full_model(self.model)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
-            self.model.save_pretrained(model_dir)
+            model.save_pretrained(model_dir)
             self.tokenizer.save_pretrained(model_dir)
         dist.barrier()  # the next stage may read the model
         return {

@@ -93,7 +93,8 @@ class SFTTrainer:
         seed_everything(config.seed)
         self.tokenizer = load_tokenizer(config.tokenizer or default_tokenizer_spec(config.model))
         self.model = load_causal_lm(config.model, self.tokenizer, seed=config.seed).to(self.device)
-        self.ddp_model = dist.wrap_ddp(self.model, self.device)  # for the update steps
+        # for the update steps (DDP or FSDP)
+        self.ddp_model = dist.wrap_trained(self.model, self.device, fsdp=config.fsdp)
         if examples is None:
             from rlhf_fast.data import load_sft_examples
 
@@ -216,8 +217,9 @@ class SFTTrainer:
         bar.close()
         logger.close()
         model_dir = out / "model"
+        model = dist.full_model(self.model)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
-            self.model.save_pretrained(model_dir)
+            model.save_pretrained(model_dir)
             self.tokenizer.save_pretrained(model_dir)
         dist.barrier()  # the next stage may read the model
         return {
