@@ -13,6 +13,7 @@ from rlhf_fast.data import PreferencePair
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import load_causal_lm
 from rlhf_fast.tokenizer import load_tokenizer
+from rlhf_fast.trainers import dpo
 from rlhf_fast.trainers.dpo import DPOConfig, DPOTrainer
 
 QUIET = {"device": "cpu", "tensorboard": False, "progress": False}
@@ -139,3 +140,49 @@ def test_dpo_settings_are_checked(tmp_path, policy_dir):
     with pytest.raises(OptionValueError, match="beta"):
         config(policy_dir, tmp_path, beta=0.0)
     assert math.isfinite(config(policy_dir, tmp_path).beta)
+
+
+def test_sequence_logprobs_equal_a_plain_forward_with_their_gradients(tmp_path, policy_dir):
+    """Shared prompts, length buckets and the reference's length-sorted chunks give the sums
+    (and gradients) of one plain forward per row."""
+    from rlhf_fast.models import next_token_logprobs
+    from rlhf_fast.trainers.runtime import pad_rows
+
+    words = ["it", "is", "great", "awful", "lovely", "broken", "."]
+    ragged = [  # responses of 1 to 12 words, so the rows fall in two length buckets
+        PreferencePair(
+            f"review the {['kettle', 'lamp', 'tent'][i % 3]} {i} :",
+            " ".join(words[(i + k) % 7] for k in range(1 + i % 12)),
+            " ".join(words[(i + k + 3) % 7] for k in range(1 + (i * 5) % 12)),
+        )
+        for i in range(24)
+    ]
+    trainer = DPOTrainer(config(policy_dir, tmp_path, max_length=40), pairs=ragged, eval_pairs=[])
+    rows = [row for pair in trainer.train_rows for row in pair]
+    groups: dict = {}
+    for i, (ids, start) in enumerate(rows):
+        groups.setdefault(tuple(ids[:start]), []).append(i)
+    by_length = sorted(
+        groups.items(), key=lambda g: max(len(rows[i][0]) - rows[i][1] for i in g[1])
+    )
+    assert dpo._padding_saved(rows, by_length) >= 0.1  # the two-bucket path runs
+
+    def plain(model):
+        ids, mask = pad_rows([r for r, _ in rows], trainer.tokenizer.pad_token_id)
+        start = torch.tensor([s for _, s in rows])[:, None]
+        scored = (torch.arange(1, ids.shape[1])[None] >= start) & mask[:, 1:].bool()
+        return next_token_logprobs(model, ids, mask, scored)[0].sum(-1)
+
+    weights = torch.linspace(0.5, 1.5, len(rows))
+    grads = []
+    for fn in (lambda m: trainer.sequence_logprobs(m, rows), plain):
+        trainer.policy.zero_grad(set_to_none=True)
+        sums = fn(trainer.policy)
+        (sums * weights).sum().backward()
+        grads.append((sums.detach(), [p.grad.clone() for p in trainer.policy.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    cached = trainer.ref_train  # (N, 2), computed before any update
+    with torch.no_grad():
+        torch.testing.assert_close(cached.reshape(-1), plain(trainer.policy), rtol=1e-5, atol=1e-5)

@@ -33,8 +33,8 @@ from rlhf_fast.models import (
     frozen_copy,
     fuse_activations,
     load_causal_lm,
-    next_token_logprobs,
 )
+from rlhf_fast.prompt_sharing import response_logprobs
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.loop import CheckpointState, run_loop, seeded_batch
@@ -164,24 +164,60 @@ class DPOTrainer:
         return row(pair.chosen), row(pair.rejected)
 
     def sequence_logprobs(self, model: torch.nn.Module, rows: Sequence[Row]) -> torch.Tensor:
-        """Sum of ``model``'s logprobs over each row's response tokens, ``[N]`` float32."""
-        ids, mask = pad_rows([r for r, _ in rows], self.tokenizer.pad_token_id)  # (N, L)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        start = torch.tensor([s for _, s in rows], device=self.device)[:, None]  # (N, 1)
-        positions = torch.arange(1, ids.shape[1], device=self.device)[None]  # token s + 1
-        scored = (positions >= start) & mask[:, 1:].bool()  # (N, L-1)
+        """Sum of ``model``'s logprobs over each row's response tokens, ``[N]`` float32.
+
+        Rows with the same prompt (a pair's chosen and rejected) share one forward of it
+        (``prompt_sharing``). When the responses' lengths differ enough, the prompts go in two
+        forwards, short responses apart from long ones, so that less of the batch is padding
+        (the sums, and their gradients, are those of one forward)."""
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, (ids, start) in enumerate(rows):
+            by_prompt.setdefault(tuple(ids[:start]), []).append(i)
+        groups = sorted(
+            by_prompt.items(), key=lambda g: max(len(rows[i][0]) - rows[i][1] for i in g[1])
+        )
+        parts = [groups]
+        # One forward per backward under DDP / FSDP: their hooks expect that.
+        if dist.world_size() == 1 and len(groups) >= 4 and _padding_saved(rows, groups) >= 0.1:
+            parts = [groups[: len(groups) // 2], groups[len(groups) // 2 :]]
+        out = torch.zeros(len(rows), device=self.device)
+        for part in parts:
+            index = [i for _, members in part for i in members]
+            out = out.index_put(
+                (torch.tensor(index, device=self.device),), self._summed(model, rows, part)
+            )
+        return out
+
+    def _summed(
+        self,
+        model: torch.nn.Module,
+        rows: Sequence[Row],
+        groups: Sequence[tuple[tuple[int, ...], list[int]]],
+    ) -> torch.Tensor:
+        """Logprob sums of the rows of ``groups`` (prompt, row numbers), in that order."""
+        pad = self.tokenizer.pad_token_id
+        prompts, prompt_mask = pad_rows([list(p) for p, _ in groups], pad, side="left")  # (P, Lq)
+        prompt_of = torch.tensor([g for g, (_, members) in enumerate(groups) for _ in members])
+        responses, response_mask = pad_rows(
+            [rows[i][0][rows[i][1] :] for _, members in groups for i in members], pad
+        )  # (N, T)
+        inputs = (prompts, prompt_mask, prompt_of, responses, response_mask)
         with autocast(self.device, self.config.bf16_autocast):
-            logprobs, _, _ = next_token_logprobs(model, ids, mask, scored)
+            logprobs = response_logprobs(model, *(x.to(self.device) for x in inputs))
         return logprobs.sum(-1)
 
     @torch.no_grad()
     def _cached(self, model: torch.nn.Module, pairs: Sequence[tuple[Row, Row]]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(pairs), 128):
-            chunk = pairs[i : i + 128]
-            out.append(self.sequence_logprobs(model, [c for c, _ in chunk] + [r for _, r in chunk]))
-            out[-1] = out[-1].view(2, -1).T  # (n, 2)
-        return torch.cat(out) if out else torch.zeros((0, 2), device=self.device)
+        """``(N, 2)`` sums of ``model``'s logprobs, chosen and rejected; 128 pairs at a time,
+        in length order so that each chunk pads little."""
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0][0]) + len(pairs[i][1][0]))
+        out = torch.zeros((len(pairs), 2), device=self.device)
+        for i in range(0, len(order), 128):
+            index = order[i : i + 128]
+            chunk = [pairs[j] for j in index]
+            logps = self.sequence_logprobs(model, [c for c, _ in chunk] + [r for _, r in chunk])
+            out[torch.tensor(index, device=self.device)] = logps.view(2, -1).T
+        return out
 
     # ------------------------------------------------------------------ loss and step
     def loss_on(
@@ -275,3 +311,18 @@ def run_dpo(config: DPOConfig) -> dict[str, Any]:
 
     pairs, eval_pairs = preference_pairs(config, model=config.policy)
     return DPOTrainer(config, pairs=pairs, eval_pairs=eval_pairs).train()
+
+
+def _padding_saved(
+    rows: Sequence[Row], groups: Sequence[tuple[tuple[int, ...], list[int]]]
+) -> float:
+    """Share of padded response slots that two forwards (``groups`` sorted by length, split in
+    half) save over one."""
+
+    def slots(part: Sequence[tuple[tuple[int, ...], list[int]]]) -> int:
+        lengths = [len(rows[i][0]) - rows[i][1] for _, members in part for i in members]
+        return max(lengths) * len(lengths)
+
+    half = len(groups) // 2
+    whole = slots(groups)
+    return (whole - slots(groups[:half]) - slots(groups[half:])) / whole
