@@ -283,6 +283,28 @@ def test_grpo_under_fsdp_runs(ranks):
 
 
 # ----------------------------------------------------------------------- one process
+def test_blocks_are_found_by_class_name_or_by_layer_list():
+    from rlhf_fast.models import RewardModel, load_causal_lm
+    from rlhf_fast.tokenizer import load_tokenizer
+
+    lm = load_causal_lm("tiny-gpt2", load_tokenizer("bytes"))
+    assert dist.transformer_blocks(lm) == list(lm.transformer.h)  # _no_split_modules
+    reward_model = RewardModel.from_causal_lm(lm)  # the blocks of a wrapped trunk too
+    assert dist.transformer_blocks(reward_model) == list(lm.transformer.h)
+
+    class Layer(torch.nn.Module):  # no transformers class: found as model.layers entries
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+    toy = torch.nn.Module()
+    toy.model = torch.nn.Module()
+    toy.model.layers = torch.nn.ModuleList([Layer(), Layer()])
+    toy.head = torch.nn.Linear(2, 2)
+    assert dist.transformer_blocks(toy) == list(toy.model.layers)
+    assert dist.transformer_blocks(torch.nn.Linear(2, 2)) == []
+
+
 @pytest.fixture
 def group_of_one(monkeypatch):
     """``--fsdp`` without torchrun joins a group of one; it is left when the test ends."""
@@ -350,3 +372,25 @@ def test_help_documents_fsdp(capsys):
 
     assert main(["sft", "--help"]) == 0
     assert "--fsdp" in capsys.readouterr().out
+
+
+def test_ppo_with_a_separate_critic_under_fsdp_matches_ppo_without_it(group_of_one, tmp_path):
+    from rlhf_fast.models import RewardModel, load_causal_lm
+    from rlhf_fast.tokenizer import load_tokenizer
+    from rlhf_fast.trainers.ppo import PPOTrainer
+
+    tokenizer = load_tokenizer("demo-words")
+    load_causal_lm("tiny-gpt2", tokenizer, seed=0).save_pretrained(tmp_path / "sft")
+    tokenizer.save_pretrained(tmp_path / "sft")
+    reward_model = RewardModel.from_causal_lm(load_causal_lm("tiny-gpt2", tokenizer, seed=1))
+    reward_model.save_pretrained(tmp_path / "rm")
+    results = []
+    for fsdp in (True, False):
+        config = ppo_config(tmp_path / f"fsdp_{fsdp}", tmp_path / "sft", tmp_path / "rm")
+        config.fsdp, config.shared_value_trunk, config.max_steps = fsdp, False, 1
+        trainer = PPOTrainer(config, prompts=[PROMPT] * 8)
+        assert dist.is_sharded(trainer.model) == fsdp
+        results.append(trainer.train())
+    with_fsdp, without = ({k: v for k, v in r.items() if "/" in k} for r in results)
+    assert len(with_fsdp) >= 10 and with_fsdp == pytest.approx(without, rel=1e-4, abs=1e-6)
+    assert (tmp_path / "fsdp_True" / "policy" / "value_head.safetensors").is_file()

@@ -263,8 +263,7 @@ def wrap_trained(module: torch.nn.Module, device: torch.device, *, fsdp: bool) -
 
     if not dist.is_initialized():  # one process: a group of one, the same code path
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **kwargs)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         atexit.register(_destroy)
     # Parameters map to meta tensors in the copy: a skeleton without the weights' memory.
     memo = {
