@@ -1,11 +1,12 @@
-"""Data-parallel training with ``torch.distributed`` (DDP), for runs launched by ``torchrun``.
+"""Data-parallel training with ``torch.distributed`` (DDP or FSDP), for runs under ``torchrun``.
 
     torchrun --nproc-per-node 2 -m rlhf_fast.cli sft --config sft.toml
     torchrun --nproc-per-node 2 -m rlhf_fast.cli train-reward --config reward.toml
     torchrun --nproc-per-node 2 -m rlhf_fast.cli ppo --config ppo.toml
 
 Strictly opt-in: when ``WORLD_SIZE`` is unset or 1 every function here is a no-op (one
-rank, rank 0) and the trainers behave exactly as in a single process. With
+rank, rank 0; ``--fsdp`` aside, see below) and the trainers behave exactly as in a single
+process. With
 ``WORLD_SIZE > 1`` the first trainer of the process joins the process group (``nccl``,
 each rank on ``cuda:LOCAL_RANK``, when the device is CUDA; ``gloo`` on the CPU); the
 group lives until the process exits, so ``rlhf-fast pipeline`` runs its three stages in
@@ -232,14 +233,16 @@ def transformer_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
     for name, m in module.named_modules():
         if id(m) in inside:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        parent_is_list = False
         if block_names:
             is_block = type(m).__name__ in block_names
-        else:
-            parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
-            parent_is_list = isinstance(parent, torch.nn.ModuleList) and leaf.isdigit()
-            is_block = parent_is_list and name.rsplit(".", 2)[-2] in ("layers", "h", "blocks")
+        else:  # entry "<...>.layers.3": its parent is a ModuleList with one of those names
+            *_, list_name, index = ["", *name.split(".")]
+            parent = module.get_submodule(name.rpartition(".")[0]) if "." in name else None
+            is_block = (
+                isinstance(parent, torch.nn.ModuleList)
+                and index.isdigit()
+                and list_name in ("layers", "h", "blocks")
+            )
         if is_block:
             blocks.append(m)
             inside.update(id(sub) for sub in m.modules())
