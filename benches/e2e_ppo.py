@@ -162,6 +162,7 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
     import rlhf_fast
     import rlhf_fast.models
     import rlhf_fast.trainers.ppo
+    import rlhf_fast.trainers.ppo_rollout
     from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
 
     chosen = {} if levers is None else {
@@ -173,7 +174,7 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
     if "fused_gelu" not in levers:
         rlhf_fast.trainers.ppo.fuse_activations = lambda model: model
     if "lean_sampling" not in levers:
-        rlhf_fast.trainers.ppo.sample_responses = generate_then_forward
+        rlhf_fast.trainers.ppo_rollout.sample_responses = generate_then_forward
 
     paths = build_models(shape, workdir)
     set_up = time.perf_counter()

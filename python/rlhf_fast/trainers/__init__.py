@@ -3,7 +3,8 @@
 Import the stage modules directly (``rlhf_fast.trainers.ppo``, ``.grpo``, ``.rloo``, ``.dpo``):
 each needs torch and ``transformers``, and the RL trainers the Rust kernels. GRPO and RLOO
 share ``rollout.py`` (group sampling and scoring) and ``policy_gradient.py`` (their step);
-GRPO, RLOO and DPO share ``loop.py`` (resume, metrics, checkpoints).
+PPO keeps its options in ``ppo_settings.py`` and its sampling and scoring in
+``ppo_rollout.py``; PPO, GRPO, RLOO and DPO share ``loop.py`` (resume, metrics, checkpoints).
 """
 
 from rlhf_fast.trainers.kl_controller import (

@@ -39,7 +39,7 @@ from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.loop import CheckpointState, run_loop, seeded_batch
 from rlhf_fast.trainers.losses import dpo_loss
-from rlhf_fast.trainers.ppo import PPOConfig
+from rlhf_fast.trainers.ppo_settings import PPOConfig
 from rlhf_fast.trainers.reward import RewardConfig, RewardSettings
 from rlhf_fast.trainers.runtime import (
     autocast,

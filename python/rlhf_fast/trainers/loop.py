@@ -1,4 +1,5 @@
-"""The training loop GRPO, RLOO and DPO share: seeded batch order, resume, metrics, checkpoints.
+"""The training loop PPO, GRPO, RLOO and DPO share: seeded batch order, resume, metrics,
+checkpoints.
 
 A trainer hands ``run_loop`` itself; the loop reads
 

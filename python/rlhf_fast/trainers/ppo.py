@@ -31,16 +31,14 @@ averaged over ranks, so ``kl_coef`` stays the same everywhere.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_fast import ops
 from rlhf_fast.buffer import RolloutBuffer, prompt_response_buffer
-from rlhf_fast.config import RunConfig, StageSettings, redefault
 from rlhf_fast.errors import InvalidArgumentError
 from rlhf_fast.models import (
     PolicyWithValueHead,
@@ -50,149 +48,25 @@ from rlhf_fast.models import (
     frozen_copy,
     fuse_activations,
     load_causal_lm,
-    next_token_logprobs,
-    scored_positions,
 )
-from rlhf_fast.sampling import sample_responses
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
+from rlhf_fast.trainers import ppo_rollout
 from rlhf_fast.trainers.kl_controller import make_kl_controller
-from rlhf_fast.trainers.loop import CheckpointState, restore_latest, save_if_due, seeded_batch
+from rlhf_fast.trainers.loop import CheckpointState, run_loop, seeded_batch
 from rlhf_fast.trainers.losses import clipped_surrogate_loss, clipped_value_loss
+from rlhf_fast.trainers.ppo_rollout import Rollout
+from rlhf_fast.trainers.ppo_settings import PPOConfig, PPOSettings
 from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
-    encode_text,
-    option,
-    pad_rows,
     resolve_device,
     seed_everything,
     skipped_count,
     with_instruction,
 )
 
-
-@dataclass
-class PPOSettings(StageSettings):
-    """PPO settings of their own (``pipeline`` and ``demo`` take them as ``--ppo.*``)."""
-
-    value_model: str = option(
-        "",
-        "Separate critic's starting trunk (local directory); empty: a copy of the policy's trunk.",
-    )
-    shared_value_trunk: bool = option(
-        True,
-        "Read values from the policy's own trunk (one forward and backward per minibatch, "
-        "not two); off: a separate critic trunk.",
-    )
-    value_head_hidden: int = option(
-        256, "Hidden width of the MLP value head (tanh); 0: a linear head."
-    )
-    prompt_field: str = option("prompt", "Name of the prompt field in the prompts file.")
-    max_steps: int = option(100, "RL train steps: rollout + PPO epochs, this many times.")
-    rollout_batch_size: int = option(64, "Prompts (= responses) per rollout (over all ranks).")
-    minibatch_size: int = option(16, "Responses per PPO minibatch (over all ranks).")
-    ppo_epochs: int = option(4, "Passes over each rollout.")
-    group_by_length: bool = option(
-        True,
-        "Minibatches of responses of similar length (less padding); the order stays seeded-random.",
-    )
-    learning_rate: float = option(1e-4, "Learning rate (AdamW) of policy and value head.")
-    max_new_tokens: int = option(
-        32, "Response length cap in tokens; prompts get the rest of the policy's context."
-    )
-    temperature: float = option(1.0, "Sampling temperature (also divides the logits for logprobs).")
-    top_k: int = option(0, "Top-k sampling (0: off).")
-    top_p: float = option(1.0, "Nucleus sampling (1.0: off).")
-    gamma: float = option(1.0, "Discount of the GAE recursion.")
-    lam: float = option(0.95, "GAE lambda.")
-    clip_range: float = option(0.2, "Policy ratio clip epsilon.")
-    value_clip_range: float = option(0.2, "Value clip epsilon around the rollout values.")
-    vf_coef: float = option(0.5, "Weight of the value loss.")
-    entropy_coef: float = option(0.0, "Entropy bonus weight (0: off).")
-    kl_coef: float = option(0.05, "KL penalty coefficient (initial value when target_kl is set).")
-    kl_estimator: Literal["k1", "abs", "k2", "k3"] = option(
-        "k1", "Per-token KL estimator in the reward."
-    )
-    target_kl: Optional[float] = option(
-        None, "Adaptive KL controller target (nats per sequence); unset: fixed kl_coef."
-    )
-    kl_horizon: int = option(10000, "Adaptive KL controller horizon (sequences).")
-    normalize_scores: bool = option(
-        True, "Normalise scores by the reward model's held-out mean and std."
-    )
-    score_clip: Optional[float] = option(
-        None, "Clip (normalised) scores to [-score_clip, score_clip]; unset: no clip."
-    )
-    missing_eos_penalty: Optional[float] = option(
-        None, "Subtract this from the score of responses cut at max_new_tokens."
-    )
-    whiten_advantages: bool = option(True, "Whiten advantages over the rollout.")
-    lora_r: int = option(
-        0,
-        "LoRA rank for the policy (peft); 0: full fine-tuning. With LoRA the reference is the policy with adapters off.",
-    )
-    lora_alpha: float = option(16.0, "LoRA alpha.")
-    log_every: int = redefault(StageSettings, "log_every", 1)
-    save_every: int = redefault(StageSettings, "save_every", 50)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._require("max_steps", self.max_steps >= 1, "an integer >= 1")
-        self._require("rollout_batch_size", self.rollout_batch_size >= 2, "an integer >= 2")
-        self._require("minibatch_size", self.minibatch_size >= 1, "an integer >= 1")
-        self._require("ppo_epochs", self.ppo_epochs >= 1, "an integer >= 1")
-        self._require(
-            "value_head_hidden", self.value_head_hidden >= 0, "an integer >= 0 (0: a linear head)"
-        )
-        self._require("learning_rate", self.learning_rate > 0, "a number > 0")
-        self._require("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1")
-        self._require("temperature", self.temperature > 0, "a number > 0")
-        self._require("top_k", self.top_k >= 0, "an integer >= 0")
-        self._require("top_p", 0 < self.top_p <= 1, "a number in (0, 1]")
-        self._require("kl_coef", self.kl_coef >= 0, "a number >= 0")
-        self._require("lora_r", self.lora_r >= 0, "an integer >= 0")
-
-
-@dataclass
-class PPOConfig(PPOSettings, RunConfig):
-    """PPO fine-tuning of a policy against a reward model, with a KL penalty to the reference."""
-
-    output_dir: str = redefault(RunConfig, "output_dir", "runs/ppo")
-    policy: str = option(
-        "runs/sft/model",
-        "Initial policy (and reference): a local causal-LM directory or a built-in name.",
-    )
-    reward_model: str = option(
-        "runs/reward/model", "Reward-model directory written by the reward trainer."
-    )
-    prompts: str = option("", "Prompts: JSONL or Parquet file with a prompt field.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # FSDP would shard peft's wrapped model, whose adapters the LoRA reference switches
-        # off by name and whose merge the saved policy needs: not supported together.
-        self._require(
-            "lora_r",
-            not (self.fsdp and self.lora_r > 0),
-            "0 with --fsdp (FSDP does not shard a LoRA policy; drop one of the two)",
-        )
-
-
-@dataclass
-class Rollout:
-    """One batch of sampled responses with everything PPO needs. ``[B, T]`` = responses."""
-
-    prompts: list[str]
-    responses: list[str]
-    sequences: torch.Tensor  # (B, Lq + T) prompt (left-padded) + response (right-padded)
-    attention_mask: torch.Tensor  # (B, Lq + T)
-    response_mask: torch.Tensor  # (B, T) 1 on response tokens up to and including <eos>
-    logprobs: torch.Tensor  # (B, T)
-    ref_logprobs: torch.Tensor  # (B, T)
-    values: torch.Tensor  # (B, T)
-    scores: torch.Tensor  # (B,) as given to the reward shaping
-    raw_scores: torch.Tensor  # (B,) reward-model output
+__all__ = ["PPOConfig", "PPOSettings", "PPOTrainer", "Rollout", "run_ppo"]
 
 
 class PPOTrainer:
@@ -276,82 +150,10 @@ class PPOTrainer:
         self.step = 0
 
     # ------------------------------------------------------------------ 1-2. rollout and scoring
-    @torch.no_grad()
-    def reference_logprobs(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor
-    ) -> torch.Tensor:
-        """Reference policy's logprobs of the scored next tokens ``[B, L-1]`` (0 elsewhere)."""
-        temperature = self.config.temperature
-        with autocast(self.device, self.config.bf16_autocast):
-            if self.reference is None:  # LoRA: the same weights with the adapters switched off
-                with self.model.policy.disable_adapter():
-                    logprobs, _, _ = next_token_logprobs(
-                        self.model.policy, ids, attention_mask, scored, temperature=temperature
-                    )
-            else:
-                logprobs, _, _ = next_token_logprobs(
-                    self.reference, ids, attention_mask, scored, temperature=temperature
-                )
-        return logprobs
-
-    @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
-        """Sample one response per prompt and score it: everything ``train_step`` needs."""
-        cfg, tok = self.config, self.tokenizer
-        query, query_mask = pad_rows(
-            [encode_text(tok, p) for p in prompts], tok.pad_token_id, side="left"
-        )
-        query, query_mask = query.to(self.device), query_mask.to(self.device)  # (B, Lq)
-        n_prompt = query.shape[1]
-        self.model.eval()
-        # Behaviour logprobs (and shared-trunk values) come from the sampling pass itself.
-        # FSDP: sampling and the critic call the model's parts, so they get the full weights.
-        with dist.full_params(self.model):
-            with autocast(self.device, cfg.bf16_autocast):
-                samples = sample_responses(
-                    self.model.policy,
-                    query,
-                    query_mask,
-                    max_new_tokens=cfg.max_new_tokens,
-                    eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id,
-                    temperature=cfg.temperature,
-                    top_k=cfg.top_k,
-                    top_p=cfg.top_p,
-                    value_fn=self.model.values_from_hidden if self.model.shared_trunk else None,
-                )
-            responses, response_mask = samples.tokens, samples.response_mask  # (B, T)
-            sequences = torch.cat([query, responses], dim=1)
-            attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
-            scored = scored_positions(attention_mask, start=n_prompt)  # (B, L-1) response tokens
-            logprobs, values = samples.logprobs, samples.values
-            with autocast(self.device, cfg.bf16_autocast):
-                if values is None:  # separate critic: one critic pass over prompt + response
-                    hidden = self.model.critic_hidden(sequences, attention_mask)
-                    values = self.model.values_from_hidden(hidden[:, n_prompt - 1 : -1])
-                raw_scores = self.reward_model(sequences, attention_mask)  # (B,)
-        values = values * response_mask
-        ref_logprobs = self.reference_logprobs(sequences, attention_mask, scored)[:, n_prompt - 1 :]
-        scores = raw_scores.clone()
-        if cfg.normalize_scores:
-            scores = (scores - self.reward_model.score_mean) / self.reward_model.score_std
-        if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
-        if cfg.score_clip is not None:
-            scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        return Rollout(
-            prompts,
-            texts,
-            sequences,
-            attention_mask,
-            response_mask,
-            logprobs,
-            ref_logprobs,
-            values,
-            scores.float(),
-            raw_scores.float(),
-        )
+        """Sample one response per prompt and score it (``ppo_rollout.rollout``): everything
+        ``update`` needs."""
+        return ppo_rollout.rollout(self, prompts)
 
     # ------------------------------------------------------------------ 3-4. advantages and PPO epochs
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -385,7 +187,9 @@ class PPOTrainer:
             batch.sequences, batch.attention_mask, batch.response_mask, per_token
         )
 
-    def train_step(self, batch: Rollout) -> dict[str, float]:
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes of minibatch updates on ``batch``, the KL controller's
+        update; the rollout's and the updates' metrics."""
         cfg = self.config
         mask = batch.response_mask.float()  # (B, T) for the metrics' sums
         kl_coef = self.kl_controller.value  # the coefficient this rollout is shaped with
@@ -480,6 +284,26 @@ class PPOTrainer:
         order = seeded_batch(len(self.prompts), cfg.rollout_batch_size, step, cfg.seed)
         return [self.prompts[i] for i in order]
 
+    def train_step(self, batch: Optional[Rollout] = None) -> dict[str, float]:
+        """One iteration (``run_loop``'s step): this rank's rollout of the step's prompts,
+        then ``update``. Given a ``batch`` rolled out by the caller: ``update(batch)`` alone."""
+        if batch is not None:
+            return self.update(batch)
+        cfg = self.config
+        if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
+            seed_everything(dist.rank_seed(cfg.seed, self.step))
+        t0 = time.perf_counter()
+        batch = self.rollout(dist.shard(self.prompts_for(self.step)))
+        t_rollout = time.perf_counter() - t0
+        metrics = self.update(batch)
+        elapsed = time.perf_counter() - t0
+        n_tokens = batch.response_mask.sum().item()
+        metrics["perf/tokens_per_second"] = n_tokens / elapsed
+        metrics["perf/generated_tokens_per_second"] = n_tokens / max(t_rollout, 1e-9)
+        if self.sample_metrics is not None:
+            metrics.update(self.sample_metrics(batch.prompts, batch.responses))
+        return metrics
+
     def checkpoint_state(self) -> CheckpointState:
         """What a checkpoint holds: weights, optimizer, the KL controller's coefficient."""
         return CheckpointState(
@@ -490,55 +314,9 @@ class PPOTrainer:
         )
 
     def train(self) -> dict[str, Any]:
-        from rlhf_fast.metrics import MetricsLogger
-
-        cfg, out = self.config, Path(self.config.output_dir)
-        if (resumed := restore_latest(cfg, self.checkpoint_state())) is not None:
-            self.step = resumed
-        logger = MetricsLogger(
-            out,
-            "ppo",
-            tensorboard=cfg.tensorboard,
-            resume_step=self.step if cfg.resume else None,
-            enabled=dist.is_main_process(),
-        )
-        metrics: dict[str, float] = {}
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=self.step,
-            desc="ppo",
-            disable=not cfg.progress or not dist.is_main_process(),
-        )
-        while self.step < cfg.max_steps:
-            if dist.world_size() > 1:  # ranks sample differently; a resumed run samples the same
-                seed_everything(dist.rank_seed(cfg.seed, self.step))
-            t0 = time.perf_counter()
-            batch = self.rollout(dist.shard(self.prompts_for(self.step)))
-            t_rollout = time.perf_counter() - t0
-            metrics = self.train_step(batch)
-            self.step += 1
-            elapsed = time.perf_counter() - t0
-            n_tokens = batch.response_mask.sum().item()
-            metrics.update(
-                {
-                    "perf/tokens_per_second": n_tokens / elapsed,
-                    "perf/generated_tokens_per_second": n_tokens / max(t_rollout, 1e-9),
-                    "perf/seconds_per_step": elapsed,
-                }
-            )
-            if self.sample_metrics is not None:
-                metrics.update(self.sample_metrics(batch.prompts, batch.responses))
-            metrics = dist.all_reduce_mean(metrics)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                logger.log(self.step, metrics)
-            bar.update(1)
-            bar.set_postfix(
-                score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
-            )
-            save_if_due(cfg, self.step, self.checkpoint_state)
-        bar.close()
-        logger.close()
-        policy_dir = out / "policy"
+        """Run up to ``max_steps`` (resuming when asked), save the policy; a summary dict."""
+        metrics = run_loop(self, "ppo", postfix=("objective/scores", "objective/kl"))
+        policy_dir = Path(self.config.output_dir) / "policy"
         model = dist.full_model(self.model)  # FSDP: gathered from every rank onto rank 0
         if dist.is_main_process():
             model.save_pretrained(policy_dir)

@@ -27,7 +27,7 @@ from rlhf_fast import ops
 from rlhf_fast.config import RunConfig, redefault
 from rlhf_fast.trainers.losses import clipped_surrogate_loss
 from rlhf_fast.trainers.policy_gradient import GroupTrainer
-from rlhf_fast.trainers.ppo import PPOSettings
+from rlhf_fast.trainers.ppo_settings import PPOSettings
 from rlhf_fast.trainers.rollout import GroupRollout, GroupSettings, PolicyInputs
 
 

@@ -36,7 +36,7 @@ from rlhf_fast.sampling import sample_responses
 from rlhf_fast.tokenizer import load_tokenizer
 from rlhf_fast.trainers import distributed as dist
 from rlhf_fast.trainers.loop import seeded_batch
-from rlhf_fast.trainers.ppo import PPOConfig, PPOSettings
+from rlhf_fast.trainers.ppo_settings import PPOConfig, PPOSettings
 from rlhf_fast.trainers.runtime import (
     autocast,
     default_tokenizer_spec,
