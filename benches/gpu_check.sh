@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: GAE on CUDA tensors against a torch GPU loop, one PPO iteration of
+# The GPU check: GAE on CUDA tensors against a torch GPU loop, prompt sharing against the
+# full forward on CUDA, one PPO iteration of
 # rlhf_fast against TRL on the GPU, and the pipeline under --fsdp on CUDA (nccl, one
 # process; tests/test_fsdp.py covers 2 ranks on the CPU). Finishes in under 10 minutes on
 # one H100/H200.
@@ -45,6 +46,30 @@ export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1
     [[ -z $trainers ]] || echo "trl is not importable here: rlhf_fast alone"
     timeout 270 $python benches/e2e_ppo.py --device cuda --iterations 2 $trainers \
         --output "$out/gpu_e2e.json"
+    # prompt sharing on CUDA: each prompt once through the trunk, the full forward's numbers.
+    timeout 120 $python - <<'PY'
+import torch, transformers
+from rlhf_fast.models import next_token_logprobs, scored_positions
+from rlhf_fast.prompt_sharing import full_rows, response_logprobs
+torch.manual_seed(0)
+config = transformers.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512,
+    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+model = transformers.AutoModelForCausalLM.from_config(config).cuda().eval()
+prompts = torch.randint(1, 512, (8, 30), device="cuda")
+prompt_mask = torch.ones_like(prompts)
+prompt_mask[::2, :5] = 0
+prompt_of = torch.arange(8, device="cuda").repeat_interleave(8)
+responses = torch.randint(1, 512, (64, 48), device="cuda")
+response_mask = torch.arange(48, device="cuda") < torch.randint(1, 49, (64, 1), device="cuda")
+rows = (prompts, prompt_mask, prompt_of, responses, response_mask)
+with torch.no_grad():
+    shared = response_logprobs(model, *rows)
+    ids, mask = full_rows(*rows)
+    full = next_token_logprobs(model, ids, mask, scored_positions(mask, start=30))[0][:, 29:]
+err = (shared - full).abs().max().item()
+print(f"prompt sharing on CUDA: max |shared - full| = {err:.2e}")
+assert err < 1e-3, err
+PY
     # --fsdp: the pipeline's three stages with the model sharded (a group of one process),
     # then PPO resumed from its checkpoint; the saved policy loads without FSDP.
     fsdp="$out/fsdp"
