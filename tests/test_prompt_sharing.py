@@ -14,36 +14,22 @@ from rlhf_fast.prompt_sharing import full_rows, response_logprobs, reward_scores
 from rlhf_fast.sampling import sample_responses
 
 VOCAB = 40
+# The shape the Llama-style configs share (GPT-NeoX has no grouped KV heads).
+DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
 CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64
     ),
-    "llama": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    ),
-    "qwen2": lambda: transformers.Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    ),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-    ),
+    "llama": lambda: transformers.LlamaConfig(**DECODER, num_key_value_heads=2),
+    "qwen2": lambda: transformers.Qwen2Config(**DECODER, num_key_value_heads=2),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**DECODER),
 }
 
 

@@ -95,8 +95,14 @@ def full_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)``, ``[B, Lq + T]``: each row's prompt, then its response."""
     ids = torch.cat([prompt_ids[prompt_of], responses], dim=1)
-    mask = torch.cat([prompt_mask[prompt_of].long(), response_mask.long()], dim=1)
-    return ids, mask
+    return ids, _row_mask(prompt_mask, prompt_of, response_mask)
+
+
+def _row_mask(
+    prompt_mask: torch.Tensor, prompt_of: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """The attention mask of ``full_rows``, ``[B, Lq + T]`` int64, without building the ids."""
+    return torch.cat([prompt_mask[prompt_of].long(), response_mask.long()], dim=1)
 
 
 def shared_prompt_hidden(
@@ -126,7 +132,7 @@ def shared_prompt_hidden(
         **{cache_arg: cache},
     ).last_hidden_state  # (U, Lq, H)
     cache.batch_select_indices(row_prompt)  # each row gets its prompt's keys and values
-    _, full_mask = full_rows(prompt_ids, prompt_mask, prompt_of, responses, response_mask)
+    full_mask = _row_mask(prompt_mask, prompt_of, response_mask)
     n_prompt = prompt_ids.shape[1]
     response_hidden = trunk(
         input_ids=responses,
@@ -199,6 +205,5 @@ def reward_scores(
         reward_model.backbone, prompt_ids, prompt_mask, prompt_of, responses, response_mask
     )
     hidden = torch.cat([prompt_hidden, response_hidden], dim=1)  # (B, Lq + T, H)
-    _, full_mask = full_rows(prompt_ids, prompt_mask, prompt_of, responses, response_mask)
-    last = last_token_index(full_mask)
+    last = last_token_index(_row_mask(prompt_mask, prompt_of, response_mask))
     return reward_model.head_on(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])

@@ -75,13 +75,14 @@ class GroupTrainer:
         with dist.full_params(self.policy):  # FSDP: sampling calls the policy's parts
             batch = self.worker.rollout(self.worker.prompts_for(self.step), cfg.group_size)
         advantages = self.advantages(batch)  # (B,)
-        lengths = batch.prompt_mask.sum(-1)[batch.prompt_of] + batch.response_mask.sum(-1)
+        # tokens per completion (prompt + response), for group_by_length
+        lengths = (batch.prompt_mask.sum(-1)[batch.prompt_of] + batch.response_mask.sum(-1)).cpu()
         self.policy.train()
         stats: dict[str, list[float]] = defaultdict(list)
         for epoch in range(cfg.epochs):
             seed = cfg.seed * 1_000_003 + self.step * 131 + epoch
             for order in minibatch_order(
-                lengths.cpu().numpy(),
+                lengths.numpy(),
                 self.minibatch_size,
                 seed,
                 group_by_length=cfg.group_by_length,
