@@ -34,7 +34,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from e2e_grpo import hf_byte_tokenizer, models, peak_rss_mib  # noqa: E402
+from e2e_grpo import _machine, hf_byte_tokenizer, models, peak_rss_mib, run_side  # noqa: E402
 
 THREADS, BATCH, BETA, LR, MAX_LENGTH, PAIRS, EPOCHS = 2, 32, 0.1, 5e-5, 128, 256, 2
 SIDES = ("rlhf_fast", "trl", "trl_precompute")
@@ -342,30 +341,8 @@ def main() -> None:
         "machine": _machine(args.threads),
     }
     for side in SIDES:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--only",
-                side,
-                "--epochs",
-                str(args.epochs),
-                "--pairs",
-                str(args.pairs),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            result[side] = {"error": out.stderr.strip().splitlines()[-1:]}
-            print(out.stderr, file=sys.stderr)
-            continue
-        result[side] = json.loads(out.stdout.strip().splitlines()[-1])
-        shown = {k: v for k, v in result[side].items() if k not in ("steps_s", "epochs_s")}
-        print(side, json.dumps(shown))
+        options = ["--epochs", str(args.epochs), "--pairs", str(args.pairs)]
+        result[side] = run_side(__file__, side, [*options, "--threads", str(args.threads)])
     ours = result.get("rlhf_fast", {})
     result["speedup"] = {}
     for peer in ("trl", "trl_precompute"):
@@ -391,12 +368,6 @@ def main() -> None:
         )
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _machine(threads: int) -> str:
-    from e2e_grpo import _machine as machine
-
-    return machine(threads)
 
 
 if __name__ == "__main__":

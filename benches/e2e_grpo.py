@@ -256,27 +256,9 @@ def main() -> None:
         "machine": _machine(args.threads),
     }
     for side in ("rlhf_fast", "trl"):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--only",
-                side,
-                "--steps",
-                str(args.steps),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        result[side] = run_side(
+            __file__, side, ["--steps", str(args.steps), "--threads", str(args.threads)]
         )
-        if out.returncode != 0:
-            result[side] = {"error": out.stderr.strip().splitlines()[-1:]}
-            print(out.stderr, file=sys.stderr)
-            continue
-        result[side] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(side, json.dumps({k: v for k, v in result[side].items() if k != "steps_s"}))
     if "step_s" in result.get("rlhf_fast", {}) and "step_s" in result.get("trl", {}):
         result["speedup_step"] = result["trl"]["step_s"] / result["rlhf_fast"]["step_s"]
         result["speedup_whole_run"] = (
@@ -288,6 +270,24 @@ def main() -> None:
         )
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_side(script: str, side: str, options: list[str]) -> dict[str, Any]:
+    """One trainer's result: ``script --only side *options`` in a child process, which prints
+    its result as JSON on its last line; ``{"error": ...}`` (and its stderr shown) if it fails.
+    The per-step and per-epoch lists are left out of what is printed here."""
+    out = subprocess.run(
+        [sys.executable, script, "--only", side, *options],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        print(out.stderr, file=sys.stderr)
+        return {"error": out.stderr.strip().splitlines()[-1:]}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(side, json.dumps({k: v for k, v in result.items() if k not in ("steps_s", "epochs_s")}))
+    return result
 
 
 def _machine(threads: int) -> str:
