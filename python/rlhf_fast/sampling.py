@@ -23,6 +23,7 @@ and its scores do not come with hidden states unless every layer's are kept
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -115,6 +116,8 @@ def sample_responses(
         )
     from transformers import DynamicCache
 
+    from rlhf_fast import decode_cache  # imports transformers
+
     parts = causal_lm_parts(causal_lm)
     if parts is None:
         raise InvalidArgumentError(
@@ -123,7 +126,11 @@ def sample_responses(
         )
     trunk, head = parts
     batch, device = query.shape[0] * num_samples, query.device
-    cache, cache_arg = DynamicCache(), cache_argument(trunk)
+    shared = decode_cache.supported(trunk)
+    cache = decode_cache.SharedPrefixCache(query_mask, max_new_tokens) if shared else DynamicCache()
+    cache_arg = cache_argument(trunk)
+    # The decode steps read each prompt's keys once (decode_cache); the prefill is plain.
+    decoding = contextlib.ExitStack()
     attention_mask = query_mask.long()
     positions = position_ids_from_mask(attention_mask)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1) position of the next token
@@ -134,44 +141,47 @@ def sample_responses(
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # the rows still in the decode batch
     length = 0
-    for t in range(max_new_tokens):
-        hidden = trunk(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_arg: cache},
-        ).last_hidden_state[:, -1]  # (b, H) state before response token t
-        if t == 0 and num_samples > 1:  # one prefill per prompt, then a cache row per sample
-            cache.batch_repeat_interleave(num_samples)
-            hidden = hidden.repeat_interleave(num_samples, dim=0)
-            attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
-            next_position = next_position.repeat_interleave(num_samples, dim=0)
-        logits = head(hidden).float() / temperature  # (b, V)
-        filtered = filter_logits(logits, top_k, top_p)
-        token = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)  # (b,)
-        live = ~ended[rows]
-        token = torch.where(live, token, torch.full_like(token, pad_token_id))
-        tokens[rows, t] = token
-        logprobs[rows, t] = torch.where(
-            live, logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1), 0.0
-        )
-        if values is not None:
-            values[rows, t] = torch.where(live, value_fn(hidden), 0.0)
-        length = t + 1
-        ended[rows] |= live & (token == eos_token_id)
-        if bool(ended.all()) or t + 1 == max_new_tokens:
-            break
-        step_ids = token[:, None]
-        positions = next_position
-        next_position = next_position + 1
-        attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-        still = ~ended[rows]
-        if int(still.sum()) <= rows.shape[0] // 2:  # drop finished rows from the decode batch
-            keep = still.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, step_ids, attention_mask = rows[keep], step_ids[keep], attention_mask[keep]
-            positions, next_position = positions[keep], next_position[keep]
+    with decoding:
+        for t in range(max_new_tokens):
+            hidden = trunk(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_arg: cache},
+            ).last_hidden_state[:, -1]  # (b, H) state before response token t
+            if t == 0 and (num_samples > 1 or shared):  # one prefill per prompt, G rows each
+                cache.batch_repeat_interleave(num_samples)
+                if shared:
+                    decoding.enter_context(decode_cache.decoding(trunk, cache))
+                hidden = hidden.repeat_interleave(num_samples, dim=0)
+                attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
+                next_position = next_position.repeat_interleave(num_samples, dim=0)
+            logits = head(hidden).float() / temperature  # (b, V)
+            filtered = filter_logits(logits, top_k, top_p)
+            token = torch.multinomial(filtered.softmax(-1), 1).squeeze(-1)  # (b,)
+            live = ~ended[rows]
+            token = torch.where(live, token, torch.full_like(token, pad_token_id))
+            tokens[rows, t] = token
+            logprobs[rows, t] = torch.where(
+                live, logits.gather(-1, token[:, None]).squeeze(-1) - logits.logsumexp(-1), 0.0
+            )
+            if values is not None:
+                values[rows, t] = torch.where(live, value_fn(hidden), 0.0)
+            length = t + 1
+            ended[rows] |= live & (token == eos_token_id)
+            if bool(ended.all()) or t + 1 == max_new_tokens:
+                break
+            step_ids = token[:, None]
+            positions = next_position
+            next_position = next_position + 1
+            attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+            still = ~ended[rows]
+            if int(still.sum()) <= rows.shape[0] // 2:  # drop finished rows from the batch
+                keep = still.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                rows, step_ids, attention_mask = rows[keep], step_ids[keep], attention_mask[keep]
+                positions, next_position = positions[keep], next_position[keep]
     # A row's response runs up to and including its <eos>; every later slot is padding.
     tokens, logprobs = tokens[:, :length], logprobs[:, :length]
     is_eos = tokens == eos_token_id
