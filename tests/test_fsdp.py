@@ -365,6 +365,10 @@ def test_fsdp_with_lora_is_refused_naming_both_flags(capsys):
     assert main(["ppo", "--fsdp", "--lora-r", "8", "--prompts", "p.jsonl"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--lora-r" in err and "--fsdp" in err
+    # under pipeline the stage's option is named as the pipeline takes it
+    assert main(["pipeline", "--fsdp", "--ppo.lora-r", "8", "--prompts", "p.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--ppo.lora-r" in err and "--fsdp" in err
 
 
 def test_help_documents_fsdp(capsys):

@@ -15,12 +15,20 @@ each stage's ``config.toml`` records the exact settings it ran with.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from rlhf_fast import preflight
-from rlhf_fast.config import RunConfig, dump_config, option, redefault, run_settings, settings_of
+from rlhf_fast.config import (
+    OptionValueError,
+    RunConfig,
+    dump_config,
+    option,
+    redefault,
+    run_settings,
+    settings_of,
+)
 from rlhf_fast.trainers.ppo import PPOConfig, PPOSettings, PPOTrainer
 from rlhf_fast.trainers.reward import RewardConfig, RewardSettings, RewardTrainer
 from rlhf_fast.trainers.sft import SFTConfig, SFTSettings, SFTTrainer
@@ -62,27 +70,53 @@ def stage_configs(config: PipelineConfig) -> tuple[SFTConfig, RewardConfig, PPOC
     base = str(root / "sft" / "model") if config.sft_data else config.model
     # After SFT the tokenizer is the one saved with the SFT model.
     later_tokenizer = "" if config.sft_data else config.tokenizer
-    sft = SFTConfig(
-        **{**shared, "output_dir": str(root / "sft")},
-        **settings_of(config.sft, SFTSettings, "sft"),
-        model=config.model,
-        data=config.sft_data,
+    sft = _stage(
+        "sft",
+        SFTSettings,
+        lambda: SFTConfig(
+            **{**shared, "output_dir": str(root / "sft")},
+            **settings_of(config.sft, SFTSettings, "sft"),
+            model=config.model,
+            data=config.sft_data,
+        ),
     )
     later = {**shared, "tokenizer": later_tokenizer}
-    reward = RewardConfig(
-        **{**later, "output_dir": str(root / "reward")},
-        **settings_of(config.reward, RewardSettings, "reward"),
-        model=base,
-        data=config.preference_data,
+    reward = _stage(
+        "reward",
+        RewardSettings,
+        lambda: RewardConfig(
+            **{**later, "output_dir": str(root / "reward")},
+            **settings_of(config.reward, RewardSettings, "reward"),
+            model=base,
+            data=config.preference_data,
+        ),
     )
-    ppo = PPOConfig(
-        **{**later, "output_dir": str(root / "ppo")},
-        **settings_of(config.ppo, PPOSettings, "ppo"),
-        policy=base,
-        reward_model=str(root / "reward" / "model"),
-        prompts=config.prompts,
+    ppo = _stage(
+        "ppo",
+        PPOSettings,
+        lambda: PPOConfig(
+            **{**later, "output_dir": str(root / "ppo")},
+            **settings_of(config.ppo, PPOSettings, "ppo"),
+            policy=base,
+            reward_model=str(root / "reward" / "model"),
+            prompts=config.prompts,
+        ),
     )
     return sft, reward, ppo
+
+
+Stage = TypeVar("Stage")
+
+
+def _stage(name: str, settings: type, build: Callable[[], Stage]) -> Stage:
+    """``build()``; a check between options that fails on one of the stage's own settings
+    names it as the pipeline takes it (``--ppo.lora-r``, not ``--lora-r``)."""
+    try:
+        return build()
+    except OptionValueError as exc:
+        if exc.option in {f.name for f in fields(settings)}:
+            raise OptionValueError(f"{name}.{exc.option}", exc.reason) from None
+        raise
 
 
 def _finished(stage_dir: str, artefact: str) -> bool:
