@@ -19,7 +19,7 @@ import torch
 from rlhf_fast.models import next_token_logprobs, scored_positions
 from rlhf_fast.sampling import sample_responses
 from rlhf_fast.trainers import distributed as dist
-from rlhf_fast.trainers.runtime import autocast, encode_text, pad_rows
+from rlhf_fast.trainers.runtime import autocast, encode_text, pad_rows, sampling_options
 
 __all__ = ["Rollout", "reference_logprobs", "rollout"]
 
@@ -77,12 +77,7 @@ def rollout(trainer: Any, prompts: list[str]) -> Rollout:
                 trainer.model.policy,
                 query,
                 query_mask,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
+                **sampling_options(cfg, tok),
                 value_fn=trainer.model.values_from_hidden if trainer.model.shared_trunk else None,
             )
         responses, response_mask = samples.tokens, samples.response_mask  # (B, T)

@@ -43,6 +43,7 @@ from rlhf_fast.trainers.runtime import (
     encode_text,
     pad_rows,
     resolve_device,
+    sampling_options,
     seed_everything,
     skipped_count,
     with_instruction,
@@ -308,12 +309,7 @@ class RolloutWorker:
                 self.policy,
                 query,
                 query_mask,
-                max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
+                **sampling_options(cfg, tok),
                 num_samples=group_size,
             )
         rows = (query, query_mask, prompt_of, samples.tokens, samples.response_mask)

@@ -17,6 +17,7 @@ from rlhf_fast.models import pad_rows, resolve_device  # re-exported for the tra
 from rlhf_fast.tokenizer import encode_text  # re-exported for the trainers
 
 __all__ = [
+    "sampling_options",
     "autocast",
     "default_tokenizer_spec",
     "option",
@@ -58,3 +59,15 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def with_instruction(prompt: str, instruction: str) -> str:
     """``instruction`` prepended to ``prompt`` (a knob hosted pipelines expose)."""
     return f"{instruction} {prompt}" if instruction else prompt
+
+
+def sampling_options(cfg: Any, tokenizer: Any) -> dict[str, Any]:
+    """``sample_responses``' keyword options from a stage's settings and its tokenizer."""
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+    }
