@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: GAE on CUDA tensors against a torch GPU loop, prompt sharing against the
-# full forward on CUDA, one PPO iteration of
+# full forward and the sampler's decode cache against the plain one on CUDA, one PPO iteration of
 # rlhf_fast against TRL on the GPU, and the pipeline under --fsdp on CUDA (nccl, one
 # process; tests/test_fsdp.py covers 2 ranks on the CPU). Finishes in under 10 minutes on
 # one H100/H200.
@@ -69,6 +69,25 @@ with torch.no_grad():
 err = (shared - full).abs().max().item()
 print(f"prompt sharing on CUDA: max |shared - full| = {err:.2e}")
 assert err < 1e-3, err
+# the sampler's decode cache on CUDA: the same draws as the plain DynamicCache
+from rlhf_fast import decode_cache
+from rlhf_fast.sampling import sample_responses
+def sample(shared):
+    supported = decode_cache.supported
+    decode_cache.supported = supported if shared else (lambda trunk: False)
+    try:
+        torch.manual_seed(1)
+        return sample_responses(model, prompts, prompt_mask, max_new_tokens=48, eos_token_id=2,
+                                pad_token_id=0, num_samples=8)
+    finally:
+        decode_cache.supported = supported
+a, b = sample(True), sample(False)
+same = (a.tokens == b.tokens).all(0)  # float rounding may flip a late draw
+first = int((~same).nonzero()[0, 0]) if not bool(same.all()) else a.tokens.shape[1]
+err = (a.logprobs[:, :first] - b.logprobs[:, :first]).abs().max().item()
+print(f"decode cache on CUDA: same tokens for {first} of {a.tokens.shape[1]} steps, "
+      f"max |logprob diff| = {err:.2e}")
+assert first >= 8 and err < 1e-3, (first, err)
 PY
     # --fsdp: the pipeline's three stages with the model sharded (a group of one process),
     # then PPO resumed from its checkpoint; the saved policy loads without FSDP.

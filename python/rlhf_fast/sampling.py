@@ -13,7 +13,10 @@ next token and the hidden state of the current one, so it records
 which saves PPO the separate policy forward over prompt + response after sampling. In float32
 these equal a fresh forward's numbers to rounding (``tests/test_sampling.py``). Rows that have
 emitted ``<eos>`` leave the decode batch (and the KV cache) once they are half of it, so a
-policy that answers briefly does not keep paying for its longest answer.
+policy that answers briefly does not keep paying for its longest answer. With several
+samples per prompt the prompt's prefill runs once; where ``decode_cache.supported``, its keys
+and values are also kept once (not once per sample) and the responses' grow in place
+instead of being copied at every token.
 
 Why not ``model.generate``: on small models its per-step bookkeeping (logits processors,
 stopping criteria, cache and mask updates for any model) costs as much as the model itself,
