@@ -131,8 +131,7 @@ class SharedPrefixCache(DynamicCache):  # type: ignore[misc]
         if not self.group:
             super().batch_select_indices(indices)
             return
-        rows = self.rows if self.rows is not None else None
-        self.rows = indices if rows is None else rows[indices]
+        self.rows = indices if self.rows is None else self.rows[indices]
         self.buffers = [(k[indices], v[indices]) for k, v in self.buffers]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
