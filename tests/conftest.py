@@ -111,3 +111,47 @@ def packed_from_padded(x: np.ndarray, bool_mask: np.ndarray) -> tuple[np.ndarray
     cu = np.zeros(bool_mask.shape[0] + 1, dtype=np.int64)
     np.cumsum(bool_mask.sum(axis=1), out=cu[1:])
     return np.ascontiguousarray(x[bool_mask]), cu
+
+
+# ---------------------------------------------- tiny decoders of four model families
+DECODER_VOCAB = 40
+DECODER_FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")
+
+
+def decoder_config(family: str, **overrides: object) -> object:
+    """A 2-layer, 32-wide ``transformers`` config of ``family`` (Llama: 2 key/value heads of
+    4, Qwen2: 1; GPT-2 and GPT-NeoX: one per head), pad id 0, bos/eos 1."""
+    import transformers
+
+    shape = dict(
+        vocab_size=DECODER_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=96,
+    )
+    make = {
+        "gpt2": lambda: transformers.GPT2Config(
+            vocab_size=DECODER_VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=96
+        ),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(**shape),
+        "llama": lambda: transformers.LlamaConfig(**shape, num_key_value_heads=2),
+        "qwen2": lambda: transformers.Qwen2Config(**shape, num_key_value_heads=1),
+        "mistral": lambda: transformers.MistralConfig(**shape, num_key_value_heads=2),
+    }
+    config = make[family]()
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 1
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def tiny_decoder(family: str, dtype: object = None) -> object:
+    """A seeded causal LM of ``decoder_config(family)`` in eval mode (float64 by default)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(decoder_config(family))
+    return model.to(dtype or torch.float64).eval()

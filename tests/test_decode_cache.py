@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from conftest import DECODER_FAMILIES, decoder_config, tiny_decoder
+from conftest import DECODER_VOCAB as VOCAB
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,31 +14,11 @@ from rlhf_fast import decode_cache
 from rlhf_fast.decode_cache import SharedPrefixCache
 from rlhf_fast.sampling import sample_responses
 
-VOCAB = 40
-DECODER = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=96,
-)
-CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=96
-    ),
-    "llama": lambda: transformers.LlamaConfig(**DECODER, num_key_value_heads=2),
-    "qwen2": lambda: transformers.Qwen2Config(**DECODER, num_key_value_heads=1),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(**DECODER),
-}
 EOS, PAD = 1, 0
 
 
 def _model(arch: str, dtype: torch.dtype) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = CONFIGS[arch]()
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = PAD, EOS, EOS
-    return transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    return tiny_decoder(arch, dtype)  # pad id 0, eos 1
 
 
 def _prompts(seed: int, n_prompts: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +38,7 @@ def _sample(model, ids, mask, shared: bool, monkeypatch, **options):
         return sample_responses(model, ids, mask, eos_token_id=EOS, pad_token_id=PAD, **options)
 
 
-@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("arch", DECODER_FAMILIES)
 def test_every_family_samples_what_the_plain_cache_samples(arch, monkeypatch):
     model = _model(arch, torch.float64)
     assert decode_cache.supported(model.base_model)
@@ -73,7 +55,7 @@ def test_every_family_samples_what_the_plain_cache_samples(arch, monkeypatch):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    arch=st.sampled_from(sorted(CONFIGS)),
+    arch=st.sampled_from(DECODER_FAMILIES),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 10_000),
     n_prompts=st.integers(1, 4),
@@ -164,7 +146,7 @@ def test_unsupported_models_keep_the_plain_cache():
     assert decode_cache.supported(model.base_model)
     model.config._attn_implementation = "flash_attention_2"
     assert not decode_cache.supported(model.base_model)
-    mistral = transformers.MistralConfig(**DECODER, sliding_window=4)
+    mistral = decoder_config("mistral", sliding_window=4)
     assert not decode_cache.supported(transformers.MistralModel(mistral))
     assert not decode_cache.supported(torch.nn.Linear(2, 2))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
+from conftest import DECODER_FAMILIES, tiny_decoder
+from conftest import DECODER_VOCAB as VOCAB
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,31 +14,9 @@ from rlhf_fast.models import RewardModel, next_token_logprobs, scored_positions
 from rlhf_fast.prompt_sharing import full_rows, response_logprobs, reward_scores
 from rlhf_fast.sampling import sample_responses
 
-VOCAB = 40
-# The shape the Llama-style configs share (GPT-NeoX has no grouped KV heads).
-DECODER = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=64,
-)
-CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64
-    ),
-    "llama": lambda: transformers.LlamaConfig(**DECODER, num_key_value_heads=2),
-    "qwen2": lambda: transformers.Qwen2Config(**DECODER, num_key_value_heads=2),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(**DECODER),
-}
-
 
 def _model(arch: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = CONFIGS[arch]()
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 1
-    return transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    return tiny_decoder(arch, dtype)
 
 
 def _rows(
@@ -65,7 +44,7 @@ def _full_logprobs(model, rows, temperature=1.0):
     return logprobs[:, n_prompt - 1 :]
 
 
-@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("arch", DECODER_FAMILIES)
 def test_logprobs_and_gradients_equal_the_full_forward(arch):
     model = _model(arch)
     rows = _rows(seed=1, n_prompts=3, n_rows=7, prompt_len=6, response_len=5)
