@@ -52,7 +52,7 @@ def _grpo_defaults() -> GRPOSettings:
         minibatch_size=16,
         epochs=2,
         learning_rate=3e-4,
-        kl_coef=0.07,
+        kl_coef=0.1,
         save_every=1000,
     )
 
