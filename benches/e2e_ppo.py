@@ -50,12 +50,18 @@ import torch
 
 EPOCHS, MINIBATCHES, THREADS = 4, 4, 2
 SHAPES: dict[str, dict[str, Any]] = {
-    "small": {"n_prompts": 64, "response_length": 48,
-              "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 256},
-              "vocab_size": 260},
-    "gpt2-124m": {"n_prompts": 16, "response_length": 64,
-                  "model": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
-                  "vocab_size": 50257},
+    "small": {
+        "n_prompts": 64,
+        "response_length": 48,
+        "model": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 256},
+        "vocab_size": 260,
+    },
+    "gpt2-124m": {
+        "n_prompts": 16,
+        "response_length": 64,
+        "model": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
+        "vocab_size": 50257,
+    },
 }
 N_PROMPTS = 64  # set from --shape
 DEVICE = "cpu"  # set from --device
@@ -74,9 +80,16 @@ def build_models(shape: str, workdir: Path) -> dict[str, Path]:
 
     spec = SHAPES[shape]
     tok = Tokenizer(words=[f"w{i}" for i in range(spec["vocab_size"] - 260)])
-    config = GPT2Config(vocab_size=len(tok), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id, **spec["model"])
+    config = GPT2Config(
+        vocab_size=len(tok),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **spec["model"],
+    )
     paths = {"policy": workdir / "policy", "reward_model": workdir / "reward_model"}
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(paths["policy"])
@@ -93,8 +106,16 @@ def peak_rss_mib() -> float:
 
 
 def prompts() -> list[str]:
-    subjects = ["kettle", "backpack", "headphones", "desk lamp", "water bottle", "notebook",
-                "keyboard", "umbrella"]
+    subjects = [
+        "kettle",
+        "backpack",
+        "headphones",
+        "desk lamp",
+        "water bottle",
+        "notebook",
+        "keyboard",
+        "umbrella",
+    ]
     openers = ["Review of the", "My thoughts on this", "Honest review:", "After a month with the"]
     return [f"{openers[i % 4]} {subjects[i % 8]} #{i}:" for i in range(N_PROMPTS)]
 
@@ -129,16 +150,34 @@ class KernelClock:
 LEVERS = ("shared_trunk", "response_head", "lean_sampling", "group_by_length", "fused_gelu")
 
 
-def generate_then_forward(causal_lm, query, query_mask, *, max_new_tokens, eos_token_id,
-                          pad_token_id, temperature, top_k, top_p, value_fn=None):
+def generate_then_forward(
+    causal_lm,
+    query,
+    query_mask,
+    *,
+    max_new_tokens,
+    eos_token_id,
+    pad_token_id,
+    temperature,
+    top_k,
+    top_p,
+    value_fn=None,
+):
     """``lean_sampling`` off: ``model.generate``, then a full forward for logprobs and values."""
     from rlhf_fast.models import position_ids_from_mask, token_logprobs
     from rlhf_fast.sampling import Samples
 
     out = causal_lm.generate(
-        input_ids=query, attention_mask=query_mask, do_sample=True, temperature=temperature,
-        top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id)
+        input_ids=query,
+        attention_mask=query_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
     n_prompt = query.shape[1]
     tokens = out[:, n_prompt:]
     is_eos = tokens == eos_token_id
@@ -146,9 +185,13 @@ def generate_then_forward(causal_lm, query, query_mask, *, max_new_tokens, eos_t
     tokens = tokens.masked_fill(~mask, pad_token_id)
     ids = torch.cat([query, tokens], 1)
     attention = torch.cat([query_mask, mask.long()], 1)
-    full = causal_lm(input_ids=ids, attention_mask=attention,
-                     position_ids=position_ids_from_mask(attention), use_cache=False,
-                     output_hidden_states=value_fn is not None)
+    full = causal_lm(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=position_ids_from_mask(attention),
+        use_cache=False,
+        output_hidden_states=value_fn is not None,
+    )
     logprobs = token_logprobs(full.logits[:, n_prompt - 1 : -1] / temperature, tokens) * mask
     values = None
     if value_fn is not None:
@@ -156,8 +199,9 @@ def generate_then_forward(causal_lm, query, query_mask, *, max_new_tokens, eos_t
     return Samples(tokens, mask, logprobs, values, is_eos.any(-1))
 
 
-def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
-                  levers: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run_rlhf_fast(
+    iterations: int, workdir: Path, shape: str, levers: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """``levers``: the ones switched on (the others off); None: ``PPOConfig``'s defaults."""
     import rlhf_fast
     import rlhf_fast.models
@@ -165,9 +209,14 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
     import rlhf_fast.trainers.ppo_rollout
     from rlhf_fast.trainers.ppo import PPOConfig, PPOTrainer
 
-    chosen = {} if levers is None else {
-        "shared_value_trunk": "shared_trunk" in levers,
-        "group_by_length": "group_by_length" in levers}
+    chosen = (
+        {}
+        if levers is None
+        else {
+            "shared_value_trunk": "shared_trunk" in levers,
+            "group_by_length": "group_by_length" in levers,
+        }
+    )
     levers = LEVERS if levers is None else levers
     if "response_head" not in levers:  # logits over the whole sequence, then select
         rlhf_fast.models.causal_lm_parts = lambda causal_lm: None
@@ -179,12 +228,21 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
     paths = build_models(shape, workdir)
     set_up = time.perf_counter()
     config = PPOConfig(
-        output_dir=str(workdir / "rlhf_fast"), policy=str(paths["policy"]),
-        reward_model=str(paths["reward_model"]), rollout_batch_size=N_PROMPTS,
-        minibatch_size=N_PROMPTS // MINIBATCHES, ppo_epochs=EPOCHS,
+        output_dir=str(workdir / "rlhf_fast"),
+        policy=str(paths["policy"]),
+        reward_model=str(paths["reward_model"]),
+        rollout_batch_size=N_PROMPTS,
+        minibatch_size=N_PROMPTS // MINIBATCHES,
+        ppo_epochs=EPOCHS,
         max_new_tokens=SHAPES[shape]["response_length"],
-        kl_estimator="k1", gamma=1.0, lam=0.95, device=DEVICE, tensorboard=False, progress=False,
-        max_steps=iterations + 1, **chosen,
+        kl_estimator="k1",
+        gamma=1.0,
+        lam=0.95,
+        device=DEVICE,
+        tensorboard=False,
+        progress=False,
+        max_steps=iterations + 1,
+        **chosen,
     )
     trainer = PPOTrainer(config, prompts=prompts())
     clock = KernelClock()
@@ -198,31 +256,49 @@ def run_rlhf_fast(iterations: int, workdir: Path, shape: str,
         trainer.train_step(batch)
         trainer.step += 1
         end = time.perf_counter()
-        records.append({"iteration_s": end - start, "cpu_s": time.process_time() - cpu_start,
-                        "rollout_s": rolled - start,
-                        "train_s": end - rolled, "kernel_s": clock.seconds,
-                        "kernel_calls": clock.calls,
-                        "tokens": int(batch.response_mask.sum().item())})
+        records.append(
+            {
+                "iteration_s": end - start,
+                "cpu_s": time.process_time() - cpu_start,
+                "rollout_s": rolled - start,
+                "train_s": end - rolled,
+                "kernel_s": clock.seconds,
+                "kernel_calls": clock.calls,
+                "tokens": int(batch.response_mask.sum().item()),
+            }
+        )
     whole_run = time.perf_counter() - set_up
     timed = records[1:]
     median = statistics.median(r["iteration_s"] for r in timed)
     tokens = statistics.median(r["tokens"] for r in timed)
     kernel = statistics.median(r["kernel_s"] for r in timed)
     return {
-        "version": rlhf_fast.__version__, "iteration_s": median, "whole_run_s": whole_run,
+        "version": rlhf_fast.__version__,
+        "iteration_s": median,
+        "whole_run_s": whole_run,
         "peak_rss_mib": peak_rss_mib(),
-        "iterations_s": [r["iteration_s"] for r in timed], "tokens": tokens,
+        "iterations_s": [r["iteration_s"] for r in timed],
+        "tokens": tokens,
         "cpu_s": statistics.median(r["cpu_s"] for r in timed),
-        "tokens_per_s": tokens / median, "kernel_s": kernel, "kernel_share": kernel / median,
+        "tokens_per_s": tokens / median,
+        "kernel_s": kernel,
+        "kernel_share": kernel / median,
         "kernel_calls": timed[-1]["kernel_calls"],
-        "phases_s": {"rollout (generate + scoring passes)":
-                     statistics.median(r["rollout_s"] for r in timed),
-                     "kernels": kernel,
-                     "PPO epochs + buffer": statistics.median(r["train_s"] for r in timed) - kernel},
+        "phases_s": {
+            "rollout (generate + scoring passes)": statistics.median(r["rollout_s"] for r in timed),
+            "kernels": kernel,
+            "PPO epochs + buffer": statistics.median(r["train_s"] for r in timed) - kernel,
+        },
         "parameters": sum(p.numel() for p in trainer.model.policy.parameters()),
-        "levers": [k for k in LEVERS if k in levers and (
-            k not in ("shared_trunk", "group_by_length")
-            or getattr(config, {"shared_trunk": "shared_value_trunk"}.get(k, k)))],
+        "levers": [
+            k
+            for k in LEVERS
+            if k in levers
+            and (
+                k not in ("shared_trunk", "group_by_length")
+                or getattr(config, {"shared_trunk": "shared_value_trunk"}.get(k, k))
+            )
+        ],
     }
 
 
@@ -249,18 +325,33 @@ def run_trl(iterations: int, workdir: Path, shape: str) -> dict[str, Any]:
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)  # left padding, as generation wants
-        rows = [[tok.pad_token_id] * (width - len(f["input_ids"])) + list(f["input_ids"])
-                for f in features]
+        rows = [
+            [tok.pad_token_id] * (width - len(f["input_ids"])) + list(f["input_ids"])
+            for f in features
+        ]
         return {"input_ids": torch.tensor(rows, dtype=torch.long)}
 
     args = PPOConfig(
-        output_dir=str(workdir / "trl"), per_device_train_batch_size=N_PROMPTS,
-        gradient_accumulation_steps=1, num_mini_batches=MINIBATCHES, num_ppo_epochs=EPOCHS,
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=N_PROMPTS,
+        gradient_accumulation_steps=1,
+        num_mini_batches=MINIBATCHES,
+        num_ppo_epochs=EPOCHS,
         local_rollout_forward_batch_size=N_PROMPTS,
         response_length=SHAPES[shape]["response_length"],
-        total_episodes=N_PROMPTS * (iterations + 1), stop_token="eos", kl_estimator="k1",
-        kl_coef=0.05, gamma=1.0, lam=0.95, learning_rate=1e-4, num_sample_generations=0,
-        report_to=[], save_strategy="no", use_cpu=DEVICE == "cpu", seed=0, disable_tqdm=True,
+        total_episodes=N_PROMPTS * (iterations + 1),
+        stop_token="eos",
+        kl_estimator="k1",
+        kl_coef=0.05,
+        gamma=1.0,
+        lam=0.95,
+        learning_rate=1e-4,
+        num_sample_generations=0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=DEVICE == "cpu",
+        seed=0,
+        disable_tqdm=True,
         logging_steps=1,
     )
 
@@ -290,20 +381,35 @@ def run_trl(iterations: int, workdir: Path, shape: str) -> dict[str, Any]:
 
     trl_ppo.truncate_response = counting_truncate
     clock = IterationClock()
-    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref_policy,
-                         reward_model=reward_model, train_dataset=dataset,
-                         value_model=value_model, data_collator=collate, callbacks=[clock])
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        data_collator=collate,
+        callbacks=[clock],
+    )
     trainer.train()
     whole_run = time.perf_counter() - set_up
     durations = [b - a for a, b in zip(clock.stamps[:-1], clock.stamps[1:])][1:]
     median = statistics.median(durations)
     tokens = statistics.median(counted[1:])
     cpu = [b - a for a, b in zip(clock.cpu[:-1], clock.cpu[1:])][1:]
-    return {"version": trl.__version__, "iteration_s": median, "iterations_s": durations,
-            "whole_run_s": whole_run, "peak_rss_mib": peak_rss_mib(),
-            "cpu_s": statistics.median(cpu),
-            "tokens": tokens, "tokens_per_s": tokens / median, "kernel_share": None,
-            "parameters": sum(p.numel() for p in policy.parameters())}
+    return {
+        "version": trl.__version__,
+        "iteration_s": median,
+        "iterations_s": durations,
+        "whole_run_s": whole_run,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_s": statistics.median(cpu),
+        "tokens": tokens,
+        "tokens_per_s": tokens / median,
+        "kernel_share": None,
+        "parameters": sum(p.numel() for p in policy.parameters()),
+    }
 
 
 def lever_configurations() -> dict[str, tuple[str, ...]]:
@@ -320,10 +426,22 @@ def run_child(trainer: str, args: argparse.Namespace, levers: tuple[str, ...] | 
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, __file__, "--only", trainer, "--shape", args.shape,
-                   "--iterations", str(args.iterations), "--threads", str(args.threads),
-                   "--device", args.device,
-                   "--output", str(out)]
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            trainer,
+            "--shape",
+            args.shape,
+            "--iterations",
+            str(args.iterations),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+            "--output",
+            str(out),
+        ]
         if levers is not None:
             command += ["--levers", ",".join(levers) or "none"]
         done = subprocess.run(command, check=False)
@@ -336,8 +454,10 @@ def lever_table(result: dict[str, Any]) -> str:
     """Markdown: configuration -> s/iteration -> speed-up over all off -> over TRL."""
     base = result["rlhf_fast"]["all off"]["iteration_s"]
     trl = result.get("trl", {}).get("iteration_s")
-    lines = ["| rlhf_fast levers | s/iteration | x all off | x TRL | peak RSS MiB |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| rlhf_fast levers | s/iteration | x all off | x TRL | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
     rows = list(result["rlhf_fast"].items())
     if trl:
         rows.append(("TRL " + result["trl"]["version"], result["trl"]))
@@ -346,8 +466,10 @@ def lever_table(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['error']} | | | |")
             continue
         vs_trl = f"{trl / r['iteration_s']:.2f}" if trl else "-"
-        lines.append(f"| {name} | {r['iteration_s']:.2f} | {base / r['iteration_s']:.2f} | "
-                     f"{vs_trl} | {r['peak_rss_mib']:.0f} |")
+        lines.append(
+            f"| {name} | {r['iteration_s']:.2f} | {base / r['iteration_s']:.2f} | "
+            f"{vs_trl} | {r['peak_rss_mib']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -355,20 +477,34 @@ def main() -> None:
     global N_PROMPTS, DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per trainer")
-    parser.add_argument("--only", choices=["rlhf_fast", "trl"], default=None,
-                        help="run this trainer in this process (default: each in a child)")
+    parser.add_argument(
+        "--only",
+        choices=["rlhf_fast", "trl"],
+        default=None,
+        help="run this trainer in this process (default: each in a child)",
+    )
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", type=Path, default=Path("benches/results/e2e.json"))
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
-    parser.add_argument("--levers", default=None,
-                        help="rlhf_fast only: comma-separated levers to switch on, the others off "
-                        f"({', '.join(LEVERS)}; 'none' for all off); default: PPOConfig's defaults")
-    parser.add_argument("--lever-table", action="store_true",
-                        help="every lever alone and all together, all off, and TRL")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the whole comparison, alternating the trainers (noisy "
-                        "machines); each figure is the median over rounds")
+    parser.add_argument(
+        "--levers",
+        default=None,
+        help="rlhf_fast only: comma-separated levers to switch on, the others off "
+        f"({', '.join(LEVERS)}; 'none' for all off); default: PPOConfig's defaults",
+    )
+    parser.add_argument(
+        "--lever-table",
+        action="store_true",
+        help="every lever alone and all together, all off, and TRL",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole comparison, alternating the trainers (noisy "
+        "machines); each figure is the median over rounds",
+    )
     args = parser.parse_args()
     N_PROMPTS, DEVICE = SHAPES[args.shape]["n_prompts"], args.device
     torch.set_num_threads(args.threads)
@@ -379,17 +515,22 @@ def main() -> None:
         unknown = set(chosen) - set(LEVERS)
         if unknown:
             parser.error(f"--levers: unknown {sorted(unknown)}; choose from {LEVERS}")
-    result: dict[str, Any] = {"description": __doc__.split("\n\n")[1].replace("\n", " "),
-                              "shape": args.shape, "iterations": args.iterations,
-                              "threads": args.threads, "rounds": args.rounds,
-                              "device": args.device,
-                              "load_average_start": os.getloadavg()}
+    result: dict[str, Any] = {
+        "description": __doc__.split("\n\n")[1].replace("\n", " "),
+        "shape": args.shape,
+        "iterations": args.iterations,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "device": args.device,
+        "load_average_start": os.getloadavg(),
+    }
     if args.only:  # the child: one trainer, this process
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 if args.only == "rlhf_fast":
-                    result["rlhf_fast"] = run_rlhf_fast(args.iterations, Path(tmp), args.shape,
-                                                        chosen)
+                    result["rlhf_fast"] = run_rlhf_fast(
+                        args.iterations, Path(tmp), args.shape, chosen
+                    )
                 else:
                     result["trl"] = run_trl(args.iterations, Path(tmp), args.shape)
             except Exception as err:  # report a failing trainer instead of losing the other
@@ -399,7 +540,8 @@ def main() -> None:
         runs: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
             "trl": [("trl", None)],
             "rlhf_fast": [(name, levers) for name, levers in lever_configurations().items()]
-            if args.lever_table else [("rlhf_fast", chosen)],
+            if args.lever_table
+            else [("rlhf_fast", chosen)],
         }
         rounds: dict[str, list[dict]] = {}
         for round_index in range(args.rounds):
@@ -410,9 +552,11 @@ def main() -> None:
                 r = run_child("trl" if key == "trl" else "rlhf_fast", args, levers)
                 rounds.setdefault(name, []).append(r)
                 if "error" not in r:
-                    print(f"{name}: {r['iteration_s']:.2f} s/iteration, "
-                          f"{r['whole_run_s']:.1f} s whole run, {r['peak_rss_mib']:.0f} MiB",
-                          flush=True)
+                    print(
+                        f"{name}: {r['iteration_s']:.2f} s/iteration, "
+                        f"{r['whole_run_s']:.1f} s whole run, {r['peak_rss_mib']:.0f} MiB",
+                        flush=True,
+                    )
 
         def median_of(records: list[dict]) -> dict:
             good = [r for r in records if "error" not in r]
@@ -428,8 +572,11 @@ def main() -> None:
             result["rlhf_fast"] = median_of(rounds["rlhf_fast"])
             # A busy machine slows whichever trainer runs during the busy spell: compare the
             # two within each round (they run back to back) and report the median ratio.
-            paired = [(t, r) for t, r in zip(rounds["trl"], rounds["rlhf_fast"])
-                      if "error" not in t and "error" not in r]
+            paired = [
+                (t, r)
+                for t, r in zip(rounds["trl"], rounds["rlhf_fast"])
+                if "error" not in t and "error" not in r
+            ]
             if paired:
                 per_iteration = [t["iteration_s"] / r["iteration_s"] for t, r in paired]
                 whole = [t["whole_run_s"] / r["whole_run_s"] for t, r in paired]
@@ -437,11 +584,13 @@ def main() -> None:
                 result["speedup_whole_run_rounds"] = whole
                 result["speedup_iteration"] = statistics.median(per_iteration)
                 result["speedup_whole_run"] = statistics.median(whole)
-                print(f"rlhf_fast vs TRL, median over {len(paired)} rounds: "
-                      f"{result['speedup_iteration']:.2f}x per iteration "
-                      f"({', '.join(f'{x:.2f}' for x in per_iteration)}), "
-                      f"{result['speedup_whole_run']:.2f}x whole run "
-                      f"({', '.join(f'{x:.2f}' for x in whole)})")
+                print(
+                    f"rlhf_fast vs TRL, median over {len(paired)} rounds: "
+                    f"{result['speedup_iteration']:.2f}x per iteration "
+                    f"({', '.join(f'{x:.2f}' for x in per_iteration)}), "
+                    f"{result['speedup_whole_run']:.2f}x whole run "
+                    f"({', '.join(f'{x:.2f}' for x in whole)})"
+                )
     result["load_average_end"] = os.getloadavg()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))

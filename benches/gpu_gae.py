@@ -61,8 +61,12 @@ def main() -> None:
         sys.exit("gpu_gae.py: no CUDA device")
     device = torch.device("cuda")
     gen = torch.Generator(device="cpu").manual_seed(0)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "rows": ROWS, "cases": []}
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "rows": ROWS,
+        "cases": [],
+    }
     for T in LENGTHS:
         lengths = torch.randint(1, T + 1, (ROWS,), generator=gen)
         mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
@@ -79,12 +83,18 @@ def main() -> None:
         )
         float_mask = mask.float()
         t_torch = timed(lambda r=rewards, v=values, m=float_mask: torch_gae(r, v, m), repeats)
-        case = {"T": T, "rlhf_fast_round_trip_ms": t_ours * 1e3, "torch_gpu_loop_ms": t_torch * 1e3,
-                "speedup": t_torch / t_ours}
+        case = {
+            "T": T,
+            "rlhf_fast_round_trip_ms": t_ours * 1e3,
+            "torch_gpu_loop_ms": t_torch * 1e3,
+            "speedup": t_torch / t_ours,
+        }
         results["cases"].append(case)
-        print(f"GAE {ROWS}x{T}: rlhf_fast round trip {case['rlhf_fast_round_trip_ms']:.2f} ms, "
-              f"torch GPU loop {case['torch_gpu_loop_ms']:.2f} ms -> {case['speedup']:.1f}x",
-              flush=True)
+        print(
+            f"GAE {ROWS}x{T}: rlhf_fast round trip {case['rlhf_fast_round_trip_ms']:.2f} ms, "
+            f"torch GPU loop {case['torch_gpu_loop_ms']:.2f} ms -> {case['speedup']:.1f}x",
+            flush=True,
+        )
     args.output.write_text(json.dumps(results, indent=1))
 
 

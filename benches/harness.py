@@ -24,12 +24,17 @@ class Timing:
     repeats: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"median_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s,
-                "repeats": self.repeats}
+        return {
+            "median_s": self.median_s,
+            "min_s": self.min_s,
+            "max_s": self.max_s,
+            "repeats": self.repeats,
+        }
 
 
-def measure(fn: Callable[[], Any], *, budget_s: float = 0.4, min_repeats: int = 7,
-            max_repeats: int = 300) -> Timing:
+def measure(
+    fn: Callable[[], Any], *, budget_s: float = 0.4, min_repeats: int = 7, max_repeats: int = 300
+) -> Timing:
     """Median of repeated calls after warm-up, with the garbage collector off while timing.
 
     Calls are repeated until ``budget_s`` of measured time and ``min_repeats`` calls are reached
@@ -112,8 +117,11 @@ def machine_description() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
         cpuinfo = open("/proc/cpuinfo").read()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")]
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        ]
         info["CPU model (/proc/cpuinfo)"] = models[0] if models else "unknown"
         flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
         simd = [f for f in ("avx2", "avx512f", "fma") if f" {f}" in flags]
@@ -126,8 +134,9 @@ def machine_description() -> dict[str, str]:
         if key.strip() in ("Model name", "Thread(s) per core", "L1d cache", "L2 cache", "L3 cache"):
             info[f"lscpu {key.strip()}"] = value.strip()
     try:
-        mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo")
-                      if line.startswith("MemTotal"))
+        mem_kb = next(
+            int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")
+        )
         info["memory"] = f"{mem_kb / 2**20:.1f} GiB"
     except (OSError, StopIteration):
         pass

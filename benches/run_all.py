@@ -36,8 +36,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(64, 256), (128, 512), (256, 1024), (512, 2048), (1024, 4096)]
 QUICK_SHAPES = [(64, 256), (128, 512)]
 GROUP_SIZES = [4096, 65_536, 1_048_576]
-PEER_PACKAGES = ["verl", "torchrl", "tensordict", "torchtune", "stateset-rl-core", "rlox", "trl",
-                 "torch", "numpy", "transformers"]
+PEER_PACKAGES = [
+    "verl",
+    "torchrl",
+    "tensordict",
+    "torchtune",
+    "stateset-rl-core",
+    "rlox",
+    "trl",
+    "torch",
+    "numpy",
+    "transformers",
+]
 THREADS = 2
 
 
@@ -50,17 +60,34 @@ class Runner:
         self.bound = bound
         self.records: list[dict[str, Any]] = []
 
-    def run_case(self, family: str, mask: str, case: Any, impls: list[Implementation],
-                 bytes_moved: int, threads: int = THREADS) -> None:
+    def run_case(
+        self,
+        family: str,
+        mask: str,
+        case: Any,
+        impls: list[Implementation],
+        bytes_moved: int,
+        threads: int = THREADS,
+    ) -> None:
         shape = "x".join(str(d) for d in case.shape)
         bound = {t: self.bound.seconds(bytes_moved, t) for t in (1, threads)}
         for impl in impls:
             rec: dict[str, Any] = {
-                "family": family, "mask": mask, "shape": shape, "elements": case.elements,
-                "implementation": impl.label, "name": impl.name, "variant": impl.variant,
-                "package": impl.package or "", "version": impl.version, "ours": impl.ours,
-                "note": impl.note, "threads": threads, "bytes": bytes_moved,
-                "bound_s": bound[threads], "bound_1thread_s": bound[1],
+                "family": family,
+                "mask": mask,
+                "shape": shape,
+                "elements": case.elements,
+                "implementation": impl.label,
+                "name": impl.name,
+                "variant": impl.variant,
+                "package": impl.package or "",
+                "version": impl.version,
+                "ours": impl.ours,
+                "note": impl.note,
+                "threads": threads,
+                "bytes": bytes_moved,
+                "bound_s": bound[threads],
+                "bound_1thread_s": bound[1],
             }
             if not impl.supports(case):
                 rec["status"] = "n/a"
@@ -72,8 +99,10 @@ class Runner:
                 rec["checked"] = True
                 timing = measure(fn)
                 rec.update(timing.as_dict(), status="ok")
-                log(f"{family:8s} {mask:6s} {shape:>10s} {impl.label:58s} "
-                    f"{timing.median_s * 1e3:10.3f} ms")
+                log(
+                    f"{family:8s} {mask:6s} {shape:>10s} {impl.label:58s} "
+                    f"{timing.median_s * 1e3:10.3f} ms"
+                )
             except AssertionError as err:
                 rec.update(status=f"disagrees: {err}")
                 log(f"{family} {mask} {shape} {impl.label}: DISAGREES: {err}")
@@ -104,36 +133,60 @@ def bench_kl_whiten(runner: Runner, shapes: list[tuple[int, int]]) -> None:
     for B, T in shapes:
         for mask in ("right", "holes"):
             case = kl.make_case(B, T, mask)
-            runner.run_case("kl", mask, case, kl.implementations(),
-                            case.elements * kl.KL_BYTES_PER_ELEMENT)
+            runner.run_case(
+                "kl", mask, case, kl.implementations(), case.elements * kl.KL_BYTES_PER_ELEMENT
+            )
             case = whiten.make_case(B, T, mask)
-            runner.run_case("whiten", mask, case, whiten.implementations(),
-                            case.elements * whiten.WHITEN_BYTES_PER_ELEMENT)
+            runner.run_case(
+                "whiten",
+                mask,
+                case,
+                whiten.implementations(),
+                case.elements * whiten.WHITEN_BYTES_PER_ELEMENT,
+            )
 
 
 def bench_group(runner: Runner, sizes: list[int]) -> None:
     for n in sizes:
         for loo, name in ((False, "grpo"), (True, "rloo")):
             case = group.make_case(n, loo)
-            runner.run_case(name, "-", case, group.implementations(),
-                            case.elements * group.GROUP_BYTES_PER_ELEMENT)
+            runner.run_case(
+                name,
+                "-",
+                case,
+                group.implementations(),
+                case.elements * group.GROUP_BYTES_PER_ELEMENT,
+            )
 
 
 def bench_batching(runner: Runner, n_rows: int, max_len: int) -> None:
     case = batching.make_case(n_rows, max_len)
-    runner.run_case("batching", "ragged", case, batching.implementations(),
-                    batching.bytes_moved(case))
+    runner.run_case(
+        "batching", "ragged", case, batching.implementations(), batching.bytes_moved(case)
+    )
 
 
 def bench_threads(runner: Runner, shapes: list[tuple[int, int]]) -> None:
     """rlhf_fast alone at 1 and 2 threads (full masks: time vs B*T), against the copy bound."""
     families: list[tuple[str, Callable[[int, int], Any], list[Implementation], int]] = [
-        ("gae", lambda B, T: gae.make_case(B, T, "full", 1.0, 0.95),
-         gae.implementations()[:1], gae.GAE_BYTES_PER_ELEMENT),
-        ("kl", lambda B, T: kl.make_case(B, T, "full"), kl.implementations()[:1],
-         kl.KL_BYTES_PER_ELEMENT),
-        ("whiten", lambda B, T: whiten.make_case(B, T, "full"), whiten.implementations()[:1],
-         whiten.WHITEN_BYTES_PER_ELEMENT),
+        (
+            "gae",
+            lambda B, T: gae.make_case(B, T, "full", 1.0, 0.95),
+            gae.implementations()[:1],
+            gae.GAE_BYTES_PER_ELEMENT,
+        ),
+        (
+            "kl",
+            lambda B, T: kl.make_case(B, T, "full"),
+            kl.implementations()[:1],
+            kl.KL_BYTES_PER_ELEMENT,
+        ),
+        (
+            "whiten",
+            lambda B, T: whiten.make_case(B, T, "full"),
+            whiten.implementations()[:1],
+            whiten.WHITEN_BYTES_PER_ELEMENT,
+        ),
     ]
     previous = rlhf_fast.get_num_threads()
     try:
@@ -142,8 +195,14 @@ def bench_threads(runner: Runner, shapes: list[tuple[int, int]]) -> None:
             for family, make, impls, bpe in families:
                 for B, T in shapes:
                     case = make(B, T)
-                    runner.run_case(f"{family}_threads", "full", case, impls,
-                                    case.elements * bpe, threads=threads)
+                    runner.run_case(
+                        f"{family}_threads",
+                        "full",
+                        case,
+                        impls,
+                        case.elements * bpe,
+                        threads=threads,
+                    )
     finally:
         rlhf_fast.set_num_threads(previous)
 
@@ -154,15 +213,20 @@ def run_e2e(out: Path) -> None:
     if not script.exists():
         return
     log("end-to-end PPO iteration (rlhf_fast vs TRL) ...")
-    subprocess.run([sys.executable, str(script), "--rounds", "3", "--output", str(out / "e2e.json")],
-                   check=False)
+    subprocess.run(
+        [sys.executable, str(script), "--rounds", "3", "--output", str(out / "e2e.json")],
+        check=False,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes only (development)")
-    parser.add_argument("--only", default="gae,kl,group,batching,threads,e2e",
-                        help="comma-separated sections to run")
+    parser.add_argument(
+        "--only",
+        default="gae,kl,group,batching,threads,e2e",
+        help="comma-separated sections to run",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -175,8 +239,10 @@ def main() -> None:
     started = time.time()
     load_at_start = os.getloadavg()
     if load_at_start[0] > 1.5:
-        log(f"warning: load average {load_at_start[0]:.1f} on {os.cpu_count()} cores; other "
-            "processes will distort the timings (two-thread torch ops stall for whole time slices)")
+        log(
+            f"warning: load average {load_at_start[0]:.1f} on {os.cpu_count()} cores; other "
+            "processes will distort the timings (two-thread torch ops stall for whole time slices)"
+        )
     if "gae" in sections:
         bench_gae(runner, shapes)
     if "kl" in sections:
@@ -199,11 +265,13 @@ def main() -> None:
         "rlhf_fast threads": THREADS,
         "versions": {name: package_version(name) for name in PEER_PACKAGES},
         "torch.compile max T": gae.COMPILE_MAX_T,
-        "conventions": {m.__name__.split(".")[-1]: m.__doc__ for m in
-                        (gae, group, kl, whiten, batching)},
+        "conventions": {
+            m.__name__.split(".")[-1]: m.__doc__ for m in (gae, group, kl, whiten, batching)
+        },
     }
-    (args.output / "results.json").write_text(json.dumps(
-        {"meta": meta, "records": runner.records}, indent=1, default=str))
+    (args.output / "results.json").write_text(
+        json.dumps({"meta": meta, "records": runner.records}, indent=1, default=str)
+    )
     if "e2e" in sections and not args.quick:
         run_e2e(args.output)
 

@@ -42,14 +42,23 @@ def ensure_demo(seed: int, root: Path) -> Path:
     out = root / f"demo-seed{seed}"
     if not (out / "summary.json").exists():
         rlhf_fast = Path(sys.executable).with_name("rlhf-fast")
-        command = [str(rlhf_fast) if rlhf_fast.exists() else "rlhf-fast", "demo", "--seed",
-                   str(seed), "--output-dir", str(out), "--no-progress", "--device", "cpu"]
+        command = [
+            str(rlhf_fast) if rlhf_fast.exists() else "rlhf-fast",
+            "demo",
+            "--seed",
+            str(seed),
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
         subprocess.run(command, check=True)
     return out
 
 
 def moving_average(xs: list[float], n: int = 3) -> list[float]:
-    return [statistics.fmean(xs[max(0, i - n + 1): i + 1]) for i in range(len(xs))]
+    return [statistics.fmean(xs[max(0, i - n + 1) : i + 1]) for i in range(len(xs))]
 
 
 def run_rlhf_fast(demo: Path, seed: int) -> dict[str, list[float]]:
@@ -63,10 +72,20 @@ def run_rlhf_fast(demo: Path, seed: int) -> dict[str, list[float]]:
     from transformers import AutoModelForCausalLM  # noqa: F401
 
     config = PPOConfig(
-        output_dir=str(demo / "ttq-rlhf_fast"), seed=seed, policy=str(demo / "sft" / "model"),
-        reward_model=str(demo / "reward" / "model"), max_steps=ITERATIONS, rollout_batch_size=64,
-        minibatch_size=16, ppo_epochs=4, learning_rate=3e-4, max_new_tokens=32, kl_coef=0.1,
-        device="cpu", tensorboard=False, progress=False,
+        output_dir=str(demo / "ttq-rlhf_fast"),
+        seed=seed,
+        policy=str(demo / "sft" / "model"),
+        reward_model=str(demo / "reward" / "model"),
+        max_steps=ITERATIONS,
+        rollout_batch_size=64,
+        minibatch_size=16,
+        ppo_epochs=4,
+        learning_rate=3e-4,
+        max_new_tokens=32,
+        kl_coef=0.1,
+        device="cpu",
+        tensorboard=False,
+        progress=False,
     )
     start = time.perf_counter()
     trainer = PPOTrainer(config, prompts=prompts)
@@ -121,17 +140,35 @@ def run_trl(demo: Path, seed: int) -> dict[str, list[float]]:
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
-        rows = [[tok.pad_token_id] * (width - len(f["input_ids"])) + list(f["input_ids"])
-                for f in features]
+        rows = [
+            [tok.pad_token_id] * (width - len(f["input_ids"])) + list(f["input_ids"])
+            for f in features
+        ]
         return {"input_ids": torch.tensor(rows, dtype=torch.long)}
 
     args = PPOConfig(
-        output_dir=str(demo / "ttq-trl"), per_device_train_batch_size=64,
-        gradient_accumulation_steps=1, num_mini_batches=4, num_ppo_epochs=4,
-        local_rollout_forward_batch_size=64, response_length=32, temperature=1.0,
-        total_episodes=64 * ITERATIONS, stop_token="eos", kl_estimator="k1", kl_coef=0.1,
-        gamma=1.0, lam=0.95, learning_rate=3e-4, num_sample_generations=0, report_to=[],
-        save_strategy="no", use_cpu=True, seed=seed, disable_tqdm=True, logging_steps=1,
+        output_dir=str(demo / "ttq-trl"),
+        per_device_train_batch_size=64,
+        gradient_accumulation_steps=1,
+        num_mini_batches=4,
+        num_ppo_epochs=4,
+        local_rollout_forward_batch_size=64,
+        response_length=32,
+        temperature=1.0,
+        total_episodes=64 * ITERATIONS,
+        stop_token="eos",
+        kl_estimator="k1",
+        kl_coef=0.1,
+        gamma=1.0,
+        lam=0.95,
+        learning_rate=3e-4,
+        num_sample_generations=0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
+        logging_steps=1,
     )
     seconds: list[float] = []
     gold: list[float] = []
@@ -161,22 +198,36 @@ def run_trl(demo: Path, seed: int) -> dict[str, list[float]]:
             pending.clear()
 
     trl_ppo.get_reward = scored_get_reward
-    trainer = PPOTrainer(args=args, processing_class=tok, model=policy,
-                         ref_model=copy.deepcopy(policy), reward_model=reward_model,
-                         train_dataset=dataset, value_model=value_model, data_collator=collate,
-                         callbacks=[Clock()])
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=copy.deepcopy(policy),
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        data_collator=collate,
+        callbacks=[Clock()],
+    )
     trainer.train()
     return {"seconds": seconds, "gold": gold, "kl": kl}
 
 
-def summarise(run: dict[str, list[float]], sft_mean: float, sft_std: float,
-              target: float) -> dict[str, Any]:
+def summarise(
+    run: dict[str, list[float]], sft_mean: float, sft_std: float, target: float
+) -> dict[str, Any]:
     gain = [(g - sft_mean) / sft_std for g in run["gold"]]
     smooth = moving_average(gain)
     reached = next((s for s, g in zip(run["seconds"], smooth) if g >= target), None)
     halfway = next((s for s, g in zip(run["seconds"], smooth) if g >= target / 2), None)
-    return {**run, "gain_sd": gain, "gain_sd_smoothed": smooth, "seconds_to_target": reached,
-            "seconds_to_half_target": halfway, "final_gain_sd": statistics.fmean(gain[-5:])}
+    return {
+        **run,
+        "gain_sd": gain,
+        "gain_sd_smoothed": smooth,
+        "seconds_to_target": reached,
+        "seconds_to_half_target": halfway,
+        "final_gain_sd": statistics.fmean(gain[-5:]),
+    }
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -189,10 +240,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     colours = {"rlhf_fast": "tab:blue", "trl": "tab:orange"}
     for seed, runs in result["seeds"].items():
         for name, run in runs.items():
-            ax.plot(run["seconds"], run["gain_sd_smoothed"], color=colours[name],
-                    alpha=0.85, label=f"{name} seed {seed}")
-    ax.axhline(result["target"], color="grey", linestyle="--", linewidth=1,
-               label=f"+{result['target']} SFT std")
+            ax.plot(
+                run["seconds"],
+                run["gain_sd_smoothed"],
+                color=colours[name],
+                alpha=0.85,
+                label=f"{name} seed {seed}",
+            )
+    ax.axhline(
+        result["target"],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"+{result['target']} SFT std",
+    )
     ax.set_xlabel("training wall-clock seconds (CPU)")
     ax.set_ylabel("gold score gain (SFT std, 3-iteration mean)")
     ax.set_title("PPO on the demo task: gold score against time")
@@ -208,8 +269,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo's)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="PPO iterations")
     parser.add_argument("--workdir", type=Path, default=Path("runs/time_to_quality"))
-    parser.add_argument("--output", type=Path,
-                        default=Path("benches/results/time_to_quality.json"))
+    parser.add_argument("--output", type=Path, default=Path("benches/results/time_to_quality.json"))
     parser.add_argument("--only", choices=["rlhf_fast", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,35 +281,65 @@ def main() -> None:
         run = (run_rlhf_fast if args.only == "rlhf_fast" else run_trl)(demo, args.seed)
         args.output.write_text(json.dumps(run))
         return
-    result: dict[str, Any] = {"description": __doc__.split("\n\n")[1].replace("\n", " "),
-                              "target": args.target, "threads": args.threads, "seeds": {}}
+    result: dict[str, Any] = {
+        "description": __doc__.split("\n\n")[1].replace("\n", " "),
+        "target": args.target,
+        "threads": args.threads,
+        "seeds": {},
+    }
     for seed in args.seeds:
         demo = ensure_demo(seed, args.workdir)
         summary = json.loads((demo / "summary.json").read_text())
         runs = {}
         for name in ("rlhf_fast", "trl"):
             child_out = args.workdir / f"{name}-seed{seed}.json"
-            subprocess.run([sys.executable, __file__, "--only", name, "--seed", str(seed),
-                            "--threads", str(args.threads), "--workdir", str(args.workdir),
-                            "--iterations", str(args.iterations),
-                            "--output", str(child_out)], check=True)
-            runs[name] = summarise(json.loads(child_out.read_text()), summary["gold_sft_mean"],
-                                   summary["gold_sft_std"], args.target)
-            print(f"seed {seed} {name}: {runs[name]['seconds'][-1]:.0f} s for {ITERATIONS} "
-                  f"iterations, +{args.target} SFT std after {runs[name]['seconds_to_target']} s, "
-                  f"final {runs[name]['final_gain_sd']:.2f}", flush=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--only",
+                    name,
+                    "--seed",
+                    str(seed),
+                    "--threads",
+                    str(args.threads),
+                    "--workdir",
+                    str(args.workdir),
+                    "--iterations",
+                    str(args.iterations),
+                    "--output",
+                    str(child_out),
+                ],
+                check=True,
+            )
+            runs[name] = summarise(
+                json.loads(child_out.read_text()),
+                summary["gold_sft_mean"],
+                summary["gold_sft_std"],
+                args.target,
+            )
+            print(
+                f"seed {seed} {name}: {runs[name]['seconds'][-1]:.0f} s for {ITERATIONS} "
+                f"iterations, +{args.target} SFT std after {runs[name]['seconds_to_target']} s, "
+                f"final {runs[name]['final_gain_sd']:.2f}",
+                flush=True,
+            )
         result["seeds"][str(seed)] = runs
-    rows = [f"| seed | trainer | s / iteration | s to +{args.target / 2:.2f} SFT std | "
-            f"s to +{args.target:.1f} SFT std | final gain (SFT std) | final KL |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        f"| seed | trainer | s / iteration | s to +{args.target / 2:.2f} SFT std | "
+        f"s to +{args.target:.1f} SFT std | final gain (SFT std) | final KL |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for seed, runs in result["seeds"].items():
         for name, run in runs.items():
             reached, half = run["seconds_to_target"], run["seconds_to_half_target"]
-            rows.append(f"| {seed} | {name} | {run['seconds'][-1] / len(run['seconds']):.2f} | "
-                        f"{'not reached' if half is None else f'{half:.1f}'} | "
-                        f"{'not reached' if reached is None else f'{reached:.1f}'} | "
-                        f"{run['final_gain_sd']:.2f} | "
-                        f"{statistics.fmean(run['kl'][-5:]) if run['kl'] else float('nan'):.1f} |")
+            rows.append(
+                f"| {seed} | {name} | {run['seconds'][-1] / len(run['seconds']):.2f} | "
+                f"{'not reached' if half is None else f'{half:.1f}'} | "
+                f"{'not reached' if reached is None else f'{reached:.1f}'} | "
+                f"{run['final_gain_sd']:.2f} | "
+                f"{statistics.fmean(run['kl'][-5:]) if run['kl'] else float('nan'):.1f} |"
+            )
         ratios = []
         for key in ("seconds_to_half_target", "seconds_to_target"):
             a, b = runs["rlhf_fast"][key], runs["trl"][key]

@@ -108,14 +108,33 @@ def _numpy_loop(case: BatchCase) -> Callable[[], Any]:
 
 def implementations() -> list[Implementation]:
     return [
-        Implementation("rlhf_fast.pad_ragged", "rlhf_fast", _ours_list, _check, ours=True,
-                       variant="list of numpy arrays"),
-        Implementation("rlhf_fast.pad_ragged", "rlhf_fast", _ours_tensors, _check, ours=True,
-                       variant="list of torch tensors"),
-        Implementation("rlhf_fast._native.pad_ragged", "rlhf_fast", _ours_flat, _check,
-                       ours=True, variant="flat values + offsets"),
-        Implementation("torch pad_sequence", "torch", _pad_sequence, _check,
-                       note="padded tensor only"),
+        Implementation(
+            "rlhf_fast.pad_ragged",
+            "rlhf_fast",
+            _ours_list,
+            _check,
+            ours=True,
+            variant="list of numpy arrays",
+        ),
+        Implementation(
+            "rlhf_fast.pad_ragged",
+            "rlhf_fast",
+            _ours_tensors,
+            _check,
+            ours=True,
+            variant="list of torch tensors",
+        ),
+        Implementation(
+            "rlhf_fast._native.pad_ragged",
+            "rlhf_fast",
+            _ours_flat,
+            _check,
+            ours=True,
+            variant="flat values + offsets",
+        ),
+        Implementation(
+            "torch pad_sequence", "torch", _pad_sequence, _check, note="padded tensor only"
+        ),
         Implementation("torch pad_sequence + mask", "torch", _pad_sequence_mask, _check),
         Implementation("numpy loop", "numpy", _numpy_loop, _check),
     ]

@@ -53,7 +53,12 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def assert_close_on(
-    got: Any, want: Any, where: Optional[np.ndarray], what: str, rtol: float = 2e-3, atol: float = 2e-3
+    got: Any,
+    want: Any,
+    where: Optional[np.ndarray],
+    what: str,
+    rtol: float = 2e-3,
+    atol: float = 2e-3,
 ) -> None:
     """``got`` equals ``want`` (to float32 accuracy) where ``where`` is True (everywhere if None)."""
     got = to_numpy(got).astype(np.float64)

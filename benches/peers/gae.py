@@ -185,7 +185,9 @@ def _torchrl(vectorised: bool) -> Callable[[GaeCase], Callable[[], Any]]:
     def prepare(case: GaeCase) -> Callable[[], Any]:
         from torchrl.objectives.value import functional as F
 
-        fn = F.vec_generalized_advantage_estimate if vectorised else F.generalized_advantage_estimate
+        fn = (
+            F.vec_generalized_advantage_estimate if vectorised else F.generalized_advantage_estimate
+        )
         v, next_v, r, done = _torchrl_inputs(case)
         g, lam = case.gamma, case.lam
 
@@ -304,31 +306,74 @@ def _rlox(case: GaeCase) -> Callable[[], Any]:
 
 def implementations() -> list[Implementation]:
     return [
-        Implementation("rlhf_fast", "rlhf_fast", _ours_out, _check_plain, ours=True,
-                       variant="out= buffers"),
-        Implementation("rlhf_fast", "rlhf_fast", _ours_fresh, _check_plain, ours=True,
-                       variant="fresh outputs"),
-        Implementation("rlhf_fast", "rlhf_fast", _ours_torch, _check_plain, ours=True,
-                       variant="torch in/out"),
-        Implementation("verl compute_gae_advantage_return", "verl", _verl,
-                       _check_whitened(keep_mean=False), note="includes its masked_whiten"),
-        Implementation("torchrl generalized_advantage_estimate", "torchrl", _torchrl(False),
-                       _check_plain, supports=_no_holes),
-        Implementation("torchrl vec_generalized_advantage_estimate", "torchrl", _torchrl(True),
-                       _check_plain, supports=_no_holes),
-        Implementation("torchtune estimate_advantages", "torchtune", _torchtune,
-                       _check_whitened(keep_mean=True), supports=_no_holes,
-                       note="includes its whiten"),
-        Implementation("torch reversed loop (TRL/OpenRLHF inline)", None, _torch_loop,
-                       _check_plain, supports=_no_holes),
-        Implementation("torch reversed loop, torch.compile", None, _torch_compiled, _check_plain,
-                       supports=lambda c: _no_holes(c) and c.shape[1] <= COMPILE_MAX_T,
-                       note=f"T <= {COMPILE_MAX_T} only: compile time grows with T"),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_out, _check_plain, ours=True, variant="out= buffers"
+        ),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_fresh, _check_plain, ours=True, variant="fresh outputs"
+        ),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_torch, _check_plain, ours=True, variant="torch in/out"
+        ),
+        Implementation(
+            "verl compute_gae_advantage_return",
+            "verl",
+            _verl,
+            _check_whitened(keep_mean=False),
+            note="includes its masked_whiten",
+        ),
+        Implementation(
+            "torchrl generalized_advantage_estimate",
+            "torchrl",
+            _torchrl(False),
+            _check_plain,
+            supports=_no_holes,
+        ),
+        Implementation(
+            "torchrl vec_generalized_advantage_estimate",
+            "torchrl",
+            _torchrl(True),
+            _check_plain,
+            supports=_no_holes,
+        ),
+        Implementation(
+            "torchtune estimate_advantages",
+            "torchtune",
+            _torchtune,
+            _check_whitened(keep_mean=True),
+            supports=_no_holes,
+            note="includes its whiten",
+        ),
+        Implementation(
+            "torch reversed loop (TRL/OpenRLHF inline)",
+            None,
+            _torch_loop,
+            _check_plain,
+            supports=_no_holes,
+        ),
+        Implementation(
+            "torch reversed loop, torch.compile",
+            None,
+            _torch_compiled,
+            _check_plain,
+            supports=lambda c: _no_holes(c) and c.shape[1] <= COMPILE_MAX_T,
+            note=f"T <= {COMPILE_MAX_T} only: compile time grows with T",
+        ),
         Implementation("numpy reversed loop", None, _numpy_loop, _check_plain),
-        Implementation("stateset-rl-core batch_compute_gae", "stateset-rl-core", _stateset,
-                       _check_plain, note="incl. per-row gather, f64 casts, scatter back"),
-        Implementation("rlox compute_gae_batched_f32", "rlox", _rlox, _check_plain,
-                       note="incl. building dones (and packing for holes)"),
+        Implementation(
+            "stateset-rl-core batch_compute_gae",
+            "stateset-rl-core",
+            _stateset,
+            _check_plain,
+            note="incl. per-row gather, f64 casts, scatter back",
+        ),
+        Implementation(
+            "rlox compute_gae_batched_f32",
+            "rlox",
+            _rlox,
+            _check_plain,
+            note="incl. building dones (and packing for holes)",
+        ),
     ]
 
 
@@ -357,10 +402,12 @@ def _cumsum_numpy(case: GaeCase) -> Callable[[], Any]:
 def implementations_gamma1() -> list[Implementation]:
     """gamma = lam = 1: GAE is a reverse cumulative sum (valid here because rewards are 0 off-mask)."""
     return [
-        Implementation("rlhf_fast", "rlhf_fast", _ours_out, _check_plain, ours=True,
-                       variant="out= buffers"),
-        Implementation("rlhf_fast", "rlhf_fast", _ours_fresh, _check_plain, ours=True,
-                       variant="fresh outputs"),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_out, _check_plain, ours=True, variant="out= buffers"
+        ),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_fresh, _check_plain, ours=True, variant="fresh outputs"
+        ),
         Implementation("torch reverse cumsum", "torch", _cumsum_torch, _check_plain),
         Implementation("numpy reverse cumsum", "numpy", _cumsum_numpy, _check_plain),
     ]

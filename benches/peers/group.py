@@ -58,10 +58,12 @@ def _ours_reference(case: GroupCase, eps: float) -> np.ndarray:
     import rlhf_fast
 
     if case.loo:
-        return rlhf_fast.group_advantages(case.scores, group_size=case.group_size,
-                                          normalize="none", leave_one_out=True)
-    return rlhf_fast.group_advantages(case.scores, group_size=case.group_size, normalize="std",
-                                      eps=eps)
+        return rlhf_fast.group_advantages(
+            case.scores, group_size=case.group_size, normalize="none", leave_one_out=True
+        )
+    return rlhf_fast.group_advantages(
+        case.scores, group_size=case.group_size, normalize="std", eps=eps
+    )
 
 
 def _check(eps: float, scale_population: bool = False) -> Callable[[Any, GroupCase], None]:
@@ -83,8 +85,9 @@ def _ours(case: GroupCase) -> Callable[[], Any]:
 
     s, G = case.scores, case.group_size
     if case.loo:
-        return lambda: rlhf_fast.group_advantages(s, group_size=G, normalize="none",
-                                                  leave_one_out=True)
+        return lambda: rlhf_fast.group_advantages(
+            s, group_size=G, normalize="none", leave_one_out=True
+        )
     return lambda: rlhf_fast.group_advantages(s, group_size=G, normalize="std", eps=1e-6)
 
 
@@ -165,24 +168,61 @@ def implementations() -> list[Implementation]:
     loop_limit = 4096  # verl's per-sample Python loops take seconds beyond this (4 s at 65,536)
     return [
         Implementation("rlhf_fast", "rlhf_fast", _ours, _check(1e-6), ours=True),
-        Implementation("verl compute_grpo_outcome_advantage", "verl", _verl("grpo"), _check(1e-6),
-                       supports=lambda c: _grpo(c) and _small(loop_limit)(c),
-                       note="Python loop over samples"),
-        Implementation("verl compute_grpo_vectorized_outcome_advantage", "verl",
-                       _verl("grpo_vec"), _check(1e-6), supports=_grpo),
-        Implementation("TRL GRPO composite (grpo_trainer.py)", "trl", _trl_grpo, _check(1e-4),
-                       supports=_grpo, note="inline torch ops, eps 1e-4"),
-        Implementation("stateset-rl-core compute_group_advantages", "stateset-rl-core", _stateset,
-                       _check(1e-6, scale_population=True), supports=_grpo,
-                       note="population std; incl. f64 cast"),
-        Implementation("rlox compute_batch_group_advantages", "rlox", _rlox,
-                       _check(1e-6, scale_population=True), supports=_grpo,
-                       note="population std; incl. f64 cast"),
-        Implementation("verl compute_rloo_outcome_advantage", "verl", _verl("rloo"), _check(0.0),
-                       supports=lambda c: _rloo(c) and _small(loop_limit)(c),
-                       note="Python loop over samples"),
-        Implementation("TRL RLOO composite (rloo_trainer.py)", "trl", _trl_rloo, _check(0.0),
-                       supports=_rloo, note="inline torch ops"),
+        Implementation(
+            "verl compute_grpo_outcome_advantage",
+            "verl",
+            _verl("grpo"),
+            _check(1e-6),
+            supports=lambda c: _grpo(c) and _small(loop_limit)(c),
+            note="Python loop over samples",
+        ),
+        Implementation(
+            "verl compute_grpo_vectorized_outcome_advantage",
+            "verl",
+            _verl("grpo_vec"),
+            _check(1e-6),
+            supports=_grpo,
+        ),
+        Implementation(
+            "TRL GRPO composite (grpo_trainer.py)",
+            "trl",
+            _trl_grpo,
+            _check(1e-4),
+            supports=_grpo,
+            note="inline torch ops, eps 1e-4",
+        ),
+        Implementation(
+            "stateset-rl-core compute_group_advantages",
+            "stateset-rl-core",
+            _stateset,
+            _check(1e-6, scale_population=True),
+            supports=_grpo,
+            note="population std; incl. f64 cast",
+        ),
+        Implementation(
+            "rlox compute_batch_group_advantages",
+            "rlox",
+            _rlox,
+            _check(1e-6, scale_population=True),
+            supports=_grpo,
+            note="population std; incl. f64 cast",
+        ),
+        Implementation(
+            "verl compute_rloo_outcome_advantage",
+            "verl",
+            _verl("rloo"),
+            _check(0.0),
+            supports=lambda c: _rloo(c) and _small(loop_limit)(c),
+            note="Python loop over samples",
+        ),
+        Implementation(
+            "TRL RLOO composite (rloo_trainer.py)",
+            "trl",
+            _trl_rloo,
+            _check(0.0),
+            supports=_rloo,
+            note="inline torch ops",
+        ),
     ]
 
 

@@ -66,8 +66,12 @@ def _check(out: Any, case: KlCase) -> None:
 
 
 def _torch_inputs(case: KlCase) -> tuple[torch.Tensor, ...]:
-    return (torch.from_numpy(case.logprobs), torch.from_numpy(case.ref_logprobs),
-            torch.from_numpy(case.mask), torch.from_numpy(case.scores))
+    return (
+        torch.from_numpy(case.logprobs),
+        torch.from_numpy(case.ref_logprobs),
+        torch.from_numpy(case.mask),
+        torch.from_numpy(case.scores),
+    )
 
 
 def _last_masked(mask: torch.Tensor) -> torch.Tensor:
@@ -88,8 +92,9 @@ def _ours_out(case: KlCase) -> Callable[[], Any]:
     lp, ref, s = case.logprobs, case.ref_logprobs, case.scores
     m = case.mask.view(np.uint8)
     rewards, kl = np.zeros_like(lp), np.zeros_like(lp)
-    return lambda: _native.kl_shaped_rewards(lp, ref, m, s, kl_coef=KL_COEF, rewards_out=rewards,
-                                             kl_out=kl)
+    return lambda: _native.kl_shaped_rewards(
+        lp, ref, m, s, kl_coef=KL_COEF, rewards_out=rewards, kl_out=kl
+    )
 
 
 def _trl(case: KlCase) -> Callable[[], Any]:
@@ -125,14 +130,16 @@ def _verl(case: KlCase) -> Callable[[], Any]:
 
 def implementations() -> list[Implementation]:
     return [
-        Implementation("rlhf_fast", "rlhf_fast", _ours_out, _check, ours=True,
-                       variant="out= buffers"),
-        Implementation("rlhf_fast", "rlhf_fast", _ours_fresh, _check, ours=True,
-                       variant="fresh outputs"),
-        Implementation("TRL composite (ppo_trainer.py)", "trl", _trl, _check,
-                       note="torch eager"),
-        Implementation("verl kl_penalty + apply_kl_penalty body", "verl", _verl, _check,
-                       note="torch eager"),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_out, _check, ours=True, variant="out= buffers"
+        ),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_fresh, _check, ours=True, variant="fresh outputs"
+        ),
+        Implementation("TRL composite (ppo_trainer.py)", "trl", _trl, _check, note="torch eager"),
+        Implementation(
+            "verl kl_penalty + apply_kl_penalty body", "verl", _verl, _check, note="torch eager"
+        ),
     ]
 
 

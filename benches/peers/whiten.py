@@ -86,10 +86,12 @@ def _peer(which: str) -> Callable[[WhitenCase], Callable[[], Any]]:
 
 def implementations() -> list[Implementation]:
     return [
-        Implementation("rlhf_fast", "rlhf_fast", _ours_out, _check, ours=True,
-                       variant="out= buffers"),
-        Implementation("rlhf_fast", "rlhf_fast", _ours_fresh, _check, ours=True,
-                       variant="fresh outputs"),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_out, _check, ours=True, variant="out= buffers"
+        ),
+        Implementation(
+            "rlhf_fast", "rlhf_fast", _ours_fresh, _check, ours=True, variant="fresh outputs"
+        ),
         Implementation("verl masked_whiten", "verl", _peer("verl"), _check),
         Implementation("TRL masked_whiten (experimental.ppo)", "trl", _peer("trl"), _check),
         Implementation("torchtune whiten", "torchtune", _peer("torchtune"), _check),
