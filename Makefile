@@ -121,9 +121,10 @@ test-aarch64: $(WHEELS_STAMP) ## Kernel crate tests and the aarch64 wheel's smok
 	bash scripts/test_aarch64.sh
 
 .PHONY: lint
-lint: build ## clippy (pedantic), ruff and the native stub check.
+lint: build ## clippy (pedantic), ruff (lint and format) and the native stub check.
 	cargo clippy --quiet --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
 	$(PY) -m mypy.stubtest rlhf_fast._native
 
 .PHONY: clean
