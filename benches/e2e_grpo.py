@@ -32,33 +32,17 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from e2e_ppo import SUBJECTS, build_models, peak_rss_mib  # noqa: E402
+
 THREADS, PROMPTS_PER_STEP, GROUP, MAX_TOKENS, BETA, LR = 2, 8, 8, 48, 0.04, 1e-5
 
 
 def prompts(n: int) -> list[str]:
-    subjects = [
-        "kettle",
-        "backpack",
-        "headphones",
-        "desk lamp",
-        "water bottle",
-        "notebook",
-        "keyboard",
-        "umbrella",
-    ]
-    return [f"Review of the {subjects[i % 8]} #{i}:" for i in range(n)]
-
-
-def peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [f"Review of the {SUBJECTS[i % 8]} #{i}:" for i in range(n)]
 
 
 def models(workdir: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from e2e_ppo import build_models
-
     return build_models("small", workdir)
 
 

@@ -105,19 +105,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# The products the benches' prompts review (e2e_grpo's too).
+SUBJECTS = [
+    "kettle",
+    "backpack",
+    "headphones",
+    "desk lamp",
+    "water bottle",
+    "notebook",
+    "keyboard",
+    "umbrella",
+]
+
+
 def prompts() -> list[str]:
-    subjects = [
-        "kettle",
-        "backpack",
-        "headphones",
-        "desk lamp",
-        "water bottle",
-        "notebook",
-        "keyboard",
-        "umbrella",
-    ]
     openers = ["Review of the", "My thoughts on this", "Honest review:", "After a month with the"]
-    return [f"{openers[i % 4]} {subjects[i % 8]} #{i}:" for i in range(N_PROMPTS)]
+    return [f"{openers[i % 4]} {SUBJECTS[i % 8]} #{i}:" for i in range(N_PROMPTS)]
 
 
 class KernelClock:
